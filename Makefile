@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both build .venv once and reuse it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rflens trf torchvision:resnet18 --input 3x224x224
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]' || true
+	$(PY) benchmarks/trf_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

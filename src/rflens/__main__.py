@@ -1,0 +1,5 @@
+import sys
+
+from rflens.cli import main
+
+sys.exit(main())

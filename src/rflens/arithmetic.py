@@ -1,0 +1,301 @@
+"""Per-axis receptive-field algebra. Pure Python and numpy; knows nothing of torch.
+
+Conventions (see docs/receptive-fields.md): coordinates are 0-based input pixel indices on one
+spatial axis. A unit ``i`` of a feature map sees the inclusive input interval ``[lo(i), hi(i)]``.
+
+Every layer rflens understands maps output units to input units *periodically*: shifting the output
+index by a period ``q`` shifts what it reads by a fixed number ``D`` of input units (a convolution has
+``q = 1, D = stride``; a 2× nearest upsampling has ``q = 2, D = 1``; adaptive pooling from ``n`` to
+``m`` has ``q = m/g, D = n/g``). Such maps compose and stay periodic, so one small table per axis
+describes the exact field of *every* unit, including units that sit in padding (the unclipped
+field). The jump is ``J = D/q`` (an exact fraction); the map is *uniform* when ``q == 1``.
+
+Maps are non-decreasing in ``i``. A unit that reads nothing (a transposed convolution whose kernel
+is smaller than its stride) is *empty*: ``lo(i) > hi(i)``; by convention an empty unit carries the
+``lo`` of the next non-empty unit and the ``hi`` of the previous one, which keeps both functions
+non-decreasing and makes composition work without special cases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["AxisMap", "Interval", "compose", "union", "conv_reads", "transposed_conv_reads",
+           "resample_reads", "window_reads", "constant_reads"]
+
+Interval = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class AxisMap:
+    """Periodic map from unit index to an inclusive interval on the axis below it.
+
+    ``lo(i) = lo_table[i mod period] + (i div period) * shift`` and the same for ``hi``.
+    ``exact_units`` is ``None`` when the map is exact for every integer ``i``; otherwise only units
+    ``0 <= i < exact_units`` are exact and units beyond are an extrapolation (used only for the
+    unclipped field of units that sit in padding).
+    """
+
+    period: int
+    shift: int
+    lo_table: tuple[int, ...]
+    hi_table: tuple[int, ...]
+    exact_units: int | None = None
+
+    # construction -------------------------------------------------------------------------
+    @staticmethod
+    def identity() -> "AxisMap":
+        """The input itself: unit i sees pixel i (R = 1, J = 1, P = 0)."""
+        return AxisMap(1, 1, (0,), (0,))
+
+    @staticmethod
+    def affine(size: int, jump: int, padding: int) -> "AxisMap":
+        """A uniform field ``[i*jump - padding, i*jump - padding + size - 1]``."""
+        return AxisMap(1, jump, (-padding,), (-padding + size - 1,))
+
+    @staticmethod
+    def from_arrays(lo: np.ndarray, hi: np.ndarray, period: int, shift: int,
+                    exact_units: int | None = None) -> "AxisMap":
+        return AxisMap(int(period), int(shift), tuple(int(v) for v in lo), tuple(int(v) for v in hi),
+                       exact_units)._canonical()
+
+    # evaluation ---------------------------------------------------------------------------
+    def evaluate(self, units: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive intervals ``(lo, hi)`` of the given unit indices (vectorised, int64)."""
+        units = np.asarray(units, dtype=np.int64)
+        block, phase = np.divmod(units, self.period)
+        lo = np.asarray(self.lo_table, dtype=np.int64)[phase] + block * self.shift
+        hi = np.asarray(self.hi_table, dtype=np.int64)[phase] + block * self.shift
+        return lo, hi
+
+    def interval(self, unit: int) -> Interval:
+        lo, hi = self.evaluate(np.array([unit]))
+        return int(lo[0]), int(hi[0])
+
+    # summary numbers ----------------------------------------------------------------------
+    @property
+    def jump(self) -> Fraction:
+        """Input pixels between neighbouring units (exact; below 1 after upsampling)."""
+        return Fraction(self.shift, self.period)
+
+    @property
+    def uniform(self) -> bool:
+        """True when every unit has the same size and units are evenly spaced."""
+        return self.period == 1 and self.exact_units is None
+
+    def sizes(self, units: np.ndarray | None = None) -> np.ndarray:
+        lo, hi = self.evaluate(np.arange(self.period) if units is None else units)
+        return np.maximum(hi - lo + 1, 0)
+
+    @property
+    def size(self) -> int:
+        """Receptive-field size; for a non-uniform map the largest size over its phases."""
+        return int(self.sizes().max())
+
+    @property
+    def padding(self) -> int:
+        """Effective padding: how far unit 0's field starts before pixel 0."""
+        return -self.lo_table[0]
+
+    @property
+    def center(self) -> Fraction:
+        """Centre of unit 0's field, ``(lo(0) + hi(0)) / 2`` (= ``-P + (R-1)/2`` when uniform)."""
+        return Fraction(self.lo_table[0] + self.hi_table[0], 2)
+
+    def centers(self, units: np.ndarray) -> np.ndarray:
+        lo, hi = self.evaluate(units)
+        return (lo + hi) / 2.0
+
+    # internals ----------------------------------------------------------------------------
+    def _canonical(self) -> "AxisMap":
+        """Smallest period that reproduces the same map."""
+        q, lo, hi = self.period, self.lo_table, self.hi_table
+        if self.exact_units is not None:
+            return self
+        for p in range(1, q):
+            if q % p or (self.shift * p) % q:
+                continue
+            step = self.shift * p // q
+            if all(lo[r + p] == lo[r] + step and hi[r + p] == hi[r] + step for r in range(q - p)):
+                return AxisMap(p, step, lo[:p], hi[:p])
+        return self
+
+
+def compose(below: AxisMap, reads: AxisMap) -> AxisMap:
+    """Field of a layer whose units read ``reads(o)`` (intervals of units of the map ``below``).
+
+    ``below`` maps units of the layer's input to input pixels; the result maps the layer's output
+    units to input pixels. Exact because both maps are non-decreasing.
+    """
+    m = below.period // math.gcd(reads.shift, below.period)
+    period = reads.period * m
+    units = np.arange(period + 1, dtype=np.int64)
+    a, b = reads.evaluate(units)
+    lo, _ = below.evaluate(a)
+    _, hi = below.evaluate(b)
+    shift = int(lo[period] - lo[0])
+    exact = None
+    if below.exact_units is not None or reads.exact_units is not None:
+        limits = [reads.exact_units, _units_within(reads, below.exact_units)]
+        exact = min(v for v in limits if v is not None)
+    if exact is not None:
+        # explicit table over the exact range; extrapolate beyond it
+        n = max(int(exact), 1)
+        units = np.arange(n, dtype=np.int64)
+        a, b = reads.evaluate(units)
+        lo, _ = below.evaluate(a)
+        _, hi = below.evaluate(b)
+        return _explicit(lo, hi)
+    return AxisMap.from_arrays(lo[:period], hi[:period], period, shift)
+
+
+def _units_within(reads: AxisMap, below_units: int | None) -> int | None:
+    """How many leading output units read only exact units of the map below."""
+    if below_units is None:
+        return None
+    jump = reads.jump
+    bound = reads.period * 2 + (int(below_units / jump) if jump > 0 else below_units) + 2
+    _, b = reads.evaluate(np.arange(bound + 1, dtype=np.int64))
+    return int(np.searchsorted(b, below_units, side="left"))
+
+
+def _explicit(lo: np.ndarray, hi: np.ndarray) -> AxisMap:
+    """A map exact on units ``0..len(lo)-1``, extrapolated periodically beyond."""
+    n = len(lo)
+    shift = int(max(lo[-1] - lo[0], hi[-1] - hi[0], 0)) + 1
+    return AxisMap(n, shift, tuple(int(v) for v in lo), tuple(int(v) for v in hi), n)
+
+
+def union(maps: list[AxisMap], units: int) -> AxisMap:
+    """Union of several paths' fields for a tensor with ``units`` units on this axis.
+
+    Exact for every integer unit when all paths have the same jump; otherwise exact on
+    ``0..units-1`` (explicit table) and extrapolated beyond.
+    """
+    if len(maps) == 1:
+        return maps[0]
+    jumps = {m.jump for m in maps}
+    exact_all = all(m.exact_units is None for m in maps)
+    if len(jumps) == 1 and exact_all:
+        period = math.lcm(*(m.period for m in maps))
+        idx = np.arange(period, dtype=np.int64)
+    else:
+        period = None
+        idx = np.arange(max(units, 1), dtype=np.int64)
+    los, his = zip(*(m.evaluate(idx) for m in maps))
+    lo_stack, hi_stack = np.stack(los), np.stack(his)
+    empty = lo_stack > hi_stack
+    big = np.iinfo(np.int64).max // 4
+    lo = np.where(empty, big, lo_stack).min(axis=0)
+    hi = np.where(empty, -big, hi_stack).max(axis=0)
+    all_empty = empty.all(axis=0)
+    lo = np.where(all_empty, lo_stack.max(axis=0), lo)
+    hi = np.where(all_empty, hi_stack.min(axis=0), hi)
+    if period is None:
+        return _explicit(lo, hi)
+    shift = int(next(iter(jumps)) * period)
+    return AxisMap.from_arrays(lo, hi, period, shift)
+
+
+def aligned(maps: list[AxisMap], units: int) -> bool:
+    """True when all paths have the same jump and the same centre for every unit."""
+    if len(maps) < 2:
+        return True
+    if len({m.jump for m in maps}) > 1:
+        return False
+    period = math.lcm(*(m.period for m in maps))
+    n = max(units, 1) if any(m.exact_units is not None for m in maps) else period
+    idx = np.arange(n, dtype=np.int64)
+    centers = []
+    for m in maps:
+        lo, hi = m.evaluate(idx)
+        c = (lo + hi).astype(np.float64)
+        c[lo > hi] = np.nan
+        centers.append(c)
+    ref = centers[0]
+    for c in centers[1:]:
+        both = ~np.isnan(ref) & ~np.isnan(c)
+        if not np.array_equal(ref[both], c[both]):
+            return False
+    return True
+
+
+# --- what one layer's output unit reads from its input units (all periodic maps) ---------------
+
+def window_reads(kernel: int, stride: int, padding: int, dilation: int = 1) -> AxisMap:
+    """Convolution / pooling: unit ``o`` reads ``[o*s - p, o*s - p + d*(k-1)]``."""
+    return AxisMap(1, stride, (-padding,), (-padding + dilation * (kernel - 1),))
+
+
+conv_reads = window_reads
+
+
+def transposed_conv_reads(kernel: int, stride: int, padding: int, dilation: int = 1) -> AxisMap:
+    """Transposed convolution: output ``o`` reads input ``i`` when ``o = i*s - p + j*d``, 0≤j<k."""
+    lo, hi = [], []
+    for o in range(stride):
+        hits = [(o + padding - j * dilation) // stride for j in range(kernel)
+                if (o + padding - j * dilation) % stride == 0]
+        if hits:
+            lo.append(min(hits))
+            hi.append(max(hits))
+        else:
+            lo.append(None)
+            hi.append(None)
+    return _fill_empties(lo, hi, stride, 1)
+
+
+def _fill_empties(lo: list, hi: list, period: int, shift: int) -> AxisMap:
+    """Give empty units the lo of the next and the hi of the previous non-empty unit."""
+    if all(v is None for v in lo):
+        raise ValueError("a layer whose units read nothing at all")
+    q = period
+    lo_f, hi_f = list(lo), list(hi)
+    for r in range(q):
+        if lo[r] is None:
+            k = 1
+            while lo[(r + k) % q] is None:
+                k += 1
+            lo_f[r] = lo[(r + k) % q] + ((r + k) // q) * shift
+            k = 1
+            while hi[(r - k) % q] is None:
+                k += 1
+            hi_f[r] = hi[(r - k) % q] + ((r - k) // q) * shift
+    return AxisMap.from_arrays(np.array(lo_f), np.array(hi_f), q, shift)
+
+
+def resample_reads(source_lo: "callable", source_hi: "callable", in_units: int, out_units: int,
+                   scale: Fraction) -> AxisMap:
+    """Generic periodic resampling: ``scale`` = input units per output unit (exact fraction).
+
+    ``source_lo(o)`` / ``source_hi(o)`` give the input units output ``o`` reads; they must be
+    periodic with period ``scale.denominator`` and shift ``scale.numerator``.
+    """
+    q, d = scale.denominator, scale.numerator
+    lo = [source_lo(o) for o in range(q)]
+    hi = [source_hi(o) for o in range(q)]
+    return AxisMap.from_arrays(np.array(lo), np.array(hi), q, d)
+
+
+def constant_reads(lo: int, hi: int) -> AxisMap:
+    """Every output unit reads the same input units (a broadcast)."""
+    return AxisMap(1, 0, (lo,), (hi,))
+
+
+def explicit_reads(lo: np.ndarray, hi: np.ndarray) -> AxisMap:
+    """Reads given unit by unit (exact for the listed units only)."""
+    return _explicit(np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
+
+
+def units_seeing(field: AxisMap, pixel: int, units: int) -> tuple[int, int] | None:
+    """Inclusive range of units (of ``units``) whose field contains ``pixel``, or None."""
+    idx = np.arange(units, dtype=np.int64)
+    lo, hi = field.evaluate(idx)
+    hit = np.nonzero((lo <= pixel) & (pixel <= hi))[0]
+    if hit.size == 0:
+        return None
+    return int(hit[0]), int(hit[-1])
