@@ -1,0 +1,236 @@
+"""Capture: run a model once under a ``TorchDispatchMode`` and record every aten op that touches
+data derived from the input, as a list of :class:`Node` (a graph in execution order), together
+with which module (by ``named_modules()`` path) was running and what each module returned.
+
+The user's model is never moved or changed: by default it runs on *meta* copies of its
+parameters and buffers (``torch.func.functional_call``), in eval mode; train/eval flags are
+restored and every hook removed in ``finally``. Tensor identity is tracked by object (weakly),
+with a new version id whenever an op writes a tensor in place; an in-place write through a view
+also produces a new version of the view's base.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
+
+from rflens.errors import RflensError
+from rflens.rules import lookup
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor in the captured graph: ``id`` of its version (None: not derived from the input)."""
+
+    id: int | None
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    name: str               # aten op name (overload packet), e.g. "convolution"
+    overload: str
+    args: tuple             # tensors replaced by TensorRef
+    kwargs: dict
+    outputs: tuple[TensorRef, ...]
+    module: str             # innermost running module path ("" = the root module)
+    tags: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ModuleOutput:
+    """What one call of a module returned: ``outputs`` as (suffix, TensorRef) pairs; suffix is ""
+    for a single tensor, else "[key]" / "[i]"."""
+
+    name: str
+    call: int
+    after_node: int
+    outputs: tuple[tuple[str, TensorRef], ...]
+    type_name: str
+
+
+@dataclass
+class Capture:
+    nodes: list[Node]
+    modules: list[ModuleOutput]
+    inputs: list[TensorRef]
+    path: str                     # "meta" or "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+_INPLACE_WRITEBACK = "<inplace-view-writeback>"
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = WeakIdKeyDictionary()
+        self.next_id = 0
+        self.nodes: list[Node] = []
+        self.stack: list[str] = []
+        self.tag_cache: dict = {}
+
+    def track(self, t: torch.Tensor) -> TensorRef:
+        ref = TensorRef(self.next_id, tuple(t.shape))
+        self.ids[t] = ref.id
+        self.next_id += 1
+        return ref
+
+    def ref(self, t: torch.Tensor) -> TensorRef:
+        return TensorRef(self.ids.get(t), tuple(t.shape))
+
+    def tags_of(self, func) -> frozenset[str]:
+        tags = self.tag_cache.get(func)
+        if tags is None:
+            names = {str(t).split(".")[-1] for t in func.tags}
+            packet = func.overloadpacket.__name__
+            if packet.endswith("_") and "pointwise" not in names:  # relu_ inherits relu's tags
+                base = getattr(torch.ops.aten, packet[:-1], None)
+                if base is not None and hasattr(base, "default"):
+                    names |= {str(t).split(".")[-1] for t in base.default.tags}
+            tags = self.tag_cache[func] = frozenset(names)
+        return tags
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        tracked = any(isinstance(t, torch.Tensor) and t in self.ids for t in flat)
+        if not tracked:
+            return func(*args, **kwargs)
+        name = func.overloadpacket.__name__
+        tags = self.tags_of(func)
+        if lookup(name, tags) is None:
+            decomposed = self._decompose(func, args, kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        inputs = tree_map(lambda t: self.ref(t) if isinstance(t, torch.Tensor) else t, (args, kwargs))
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        refs = tuple(self.track(t) for t in outs)
+        node = Node(len(self.nodes), name, func._overloadname, tuple(inputs[0]), dict(inputs[1]),
+                    refs, self.stack[-1] if self.stack else "", tags)
+        self.nodes.append(node)
+        if func._schema.is_mutable:
+            self._write_back(node, outs)
+        return out
+
+    def _decompose(self, func, args, kwargs):
+        table = torch._decomp.decomposition_table
+        fn = table.get(func)
+        with self:
+            if fn is not None:
+                return fn(*args, **kwargs)
+            return func.decompose(*args, **kwargs)
+
+    def _write_back(self, node: Node, outs: list[torch.Tensor]) -> None:
+        """An in-place op on a view also changed its base: record a new version of the base."""
+        for t in outs:
+            base = t._base
+            if base is None:
+                continue
+            old = self.ref(base)
+            new = self.track(base)
+            self.nodes.append(Node(len(self.nodes), _INPLACE_WRITEBACK, "", (old, self.ref(t)), {},
+                                   (new,), node.module, frozenset()))
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t, device="meta")
+
+
+def _module_outputs(out) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(out, torch.Tensor):
+        return [("", out)]
+    if isinstance(out, dict):
+        return [(f"[{k}]", v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+    if isinstance(out, (list, tuple)):
+        items = [(f"[{i}]", v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+        if items:
+            items[0] = ("", items[0][1])
+        return items
+    return []
+
+
+def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> Capture:
+    """Run ``model(*inputs)`` once and record its op graph.
+
+    ``device="meta"``: parameters, buffers and inputs are replaced by meta tensors (no memory, no
+    compute). ``device="cpu"``: the model runs for real on its own parameters, under
+    ``torch.no_grad()``. The model's train/eval flags are restored afterwards.
+    """
+    recorder = _Recorder()
+    module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    calls: dict[str, int] = {}
+    module_events: list[ModuleOutput] = []
+    training = {m: m.training for m in model.modules()}
+
+    def pre_hook(mod, _args):
+        recorder.stack.append(module_names.get(id(mod), "?"))
+
+    def post_hook(mod, _args, out):
+        name = recorder.stack.pop() if recorder.stack else module_names.get(id(mod), "?")
+        k = calls.get(name, 0)
+        calls[name] = k + 1
+        refs = tuple((s, recorder.ref(t)) for s, t in _module_outputs(out))
+        module_events.append(ModuleOutput(name, k, len(recorder.nodes), refs, type(mod).__name__))
+
+    handles = []
+    try:
+        model.eval()
+        for mod in model.modules():
+            handles.append(mod.register_forward_pre_hook(pre_hook))
+            handles.append(mod.register_forward_hook(post_hook))
+        if device == "meta":
+            state = {k: _meta_like(v) for k, v in model.state_dict(keep_vars=True).items()}
+            inputs = tuple(_meta_like(t) if isinstance(t, torch.Tensor) else t for t in inputs)
+        with ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            stack.enter_context(recorder)
+            input_refs = [recorder.track(t) for t in inputs if isinstance(t, torch.Tensor)]
+            if device == "meta":
+                torch.func.functional_call(model, state, inputs, strict=False, tie_weights=True)
+            else:
+                model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+    return Capture(recorder.nodes, module_events, input_refs, device)
+
+
+def capture_with_fallback(model: torch.nn.Module, inputs: tuple) -> Capture:
+    """Capture on meta tensors; if the model cannot run on meta (data-dependent control flow,
+    ``.item()``, ops without meta kernels), run it for real on CPU at batch 1 and say so."""
+    try:
+        return capture(model, inputs, device="meta")
+    except Exception as meta_error:  # noqa: BLE001 - any failure on meta triggers the fallback
+        real = tuple(torch.rand(t.shape, dtype=t.dtype if t.is_floating_point() else torch.float32,
+                                device=_device_of(model))
+                     if isinstance(t, torch.Tensor) else t for t in inputs)
+        try:
+            cap = capture(model, real, device="cpu")
+        except Exception as cpu_error:
+            raise RflensError(
+                f"the model failed to run on the given input: {type(cpu_error).__name__}: "
+                f"{str(cpu_error).splitlines()[0] if str(cpu_error) else ''} "
+                "(check the input shape and that the model runs on it)") from cpu_error
+        cap.notes.append(f"the model could not run on meta tensors ({type(meta_error).__name__}: "
+                         f"{str(meta_error).splitlines()[0][:200] if str(meta_error) else ''}); "
+                         "ran it for real on batch-1 random input instead")
+        return cap
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

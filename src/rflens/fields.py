@@ -1,0 +1,115 @@
+"""What rflens knows about one tensor: per tensor dimension, which input axis it carries and the
+field of each unit along it. Pure Python; knows nothing of torch.
+
+A tensor dimension is a tuple of *factors* (outer to inner). Most dimensions have one factor: a
+plain batch/channel dimension (``axis is None``) or a spatial dimension that carries input axis
+``axis`` with the periodic map ``field``. Flattening several dimensions into one (``flatten(2)``
+before a token mixer, ``view(B*T, C)`` inside ``linear``) concatenates their factors, and a later
+``view`` that splits the dimension at factor boundaries restores them exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from rflens.arithmetic import AxisMap
+
+
+@dataclass(frozen=True, eq=False)
+class Factor:
+    """One factor of a tensor dimension.
+
+    ``field`` is the *geometric* field (periodic, extends into padding: the unclipped box and the
+    summary numbers R, J, P). ``lo``/``hi`` hold, for each of the ``size`` units, the exact hull of
+    the input pixels it depends on (clipped to the image; empty when ``lo > hi``).
+    """
+
+    size: int
+    axis: int | None = None       # input spatial axis carried, None for batch/channel/features
+    field: AxisMap | None = None  # geometric per-unit input interval along ``axis``
+    lo: np.ndarray | None = None  # exact dependency hull per unit (int64, length ``size``)
+    hi: np.ndarray | None = None
+
+
+Dim = tuple[Factor, ...]
+
+
+def plain(size: int) -> Dim:
+    return (Factor(size),)
+
+
+def spatial(size: int, axis: int, fmap: AxisMap, lo: np.ndarray, hi: np.ndarray) -> Dim:
+    return (Factor(size, axis, fmap, lo, hi),)
+
+
+def dim_size(dim: Dim) -> int:
+    n = 1
+    for f in dim:
+        n *= f.size
+    return n
+
+
+def is_spatial(dim: Dim) -> bool:
+    return any(f.axis is not None for f in dim)
+
+
+def single_spatial(dim: Dim) -> Factor | None:
+    """The factor of a dimension that is exactly one spatial axis (else None)."""
+    if len(dim) == 1 and dim[0].axis is not None:
+        return dim[0]
+    return None
+
+
+@dataclass(frozen=True)
+class TensorField:
+    """Receptive-field state of one tensor.
+
+    ``dims``: one :data:`Dim` per tensor dimension. ``is_global``: some path from the input reaches
+    this tensor through an op that pools over a whole spatial axis (the geometric field in ``dims``
+    then describes the local paths only). ``misaligned``: a non-aligned merge lies upstream.
+    ``unknown``: names of ops without a rule upstream; geometry below them is not trusted.
+    ``lost``: an op rflens understands moved spatial data in a way it cannot follow (e.g. a view
+    that splits a spatial axis); the field is unknown from there on.
+    """
+
+    dims: tuple[Dim, ...]
+    is_global: bool = False
+    misaligned: bool = False
+    unknown: frozenset[str] = field(default_factory=frozenset)
+    lost: frozenset[str] = field(default_factory=frozenset)
+    extra: tuple[Factor, ...] = ()  # axes reduced to one unit (squeezed/selected/pooled away)
+
+    @property
+    def trusted(self) -> bool:
+        return not self.unknown and not self.lost
+
+    def with_dims(self, dims: tuple[Dim, ...] | list[Dim], **changes) -> "TensorField":
+        return replace(self, dims=tuple(dims), **changes)
+
+    def spatial_dims(self) -> list[tuple[int, Factor]]:
+        """(tensor dim, factor) for every single-factor spatial dimension."""
+        out = []
+        for d, dim in enumerate(self.dims):
+            f = single_spatial(dim)
+            if f is not None:
+                out.append((d, f))
+        return out
+
+    def axis_fields(self) -> dict[int, tuple[int | None, Factor]]:
+        """input axis -> (tensor dim or None for a reduced axis, factor) for every axis whose field
+        is known: single-factor spatial dimensions and axes reduced to one unit."""
+        out: dict[int, tuple[int | None, Factor]] = {f.axis: (None, f) for f in self.extra}
+        out.update({f.axis: (d, f) for d, f in self.spatial_dims()})
+        return out
+
+
+def flags_of(fields: list[TensorField]) -> dict:
+    """Sticky flags a result inherits from all of its inputs."""
+    return dict(
+        is_global=any(f.is_global for f in fields),
+        misaligned=any(f.misaligned for f in fields),
+        unknown=frozenset().union(*(f.unknown for f in fields)),
+        lost=frozenset().union(*(f.lost for f in fields)),
+    )

@@ -1,0 +1,99 @@
+"""Text renderings of TRF results: flat rows (CSV, DataFrame), rich table, Markdown, HTML."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+
+from rflens.result import ReceptiveField, exact
+
+
+def _axes(values) -> str:
+    """Per-axis values as text: one value when all axes agree, else ``a×b``."""
+    if values is None:
+        return "?"
+    texts = [str(exact(v)) for v in values]
+    return texts[0] if len(set(texts)) == 1 else "×".join(texts)
+
+
+def _flags(layer) -> str:
+    flags = []
+    if not layer.known:
+        flags.append("unknown")
+    if layer.is_global:
+        flags.append("global")
+    if not layer.aligned:
+        flags.append("non-aligned")
+    if layer.known and not layer.uniform:
+        flags.append("non-uniform")
+    if layer.exceeds_input:
+        flags.append("> input")
+    return ", ".join(flags)
+
+
+def flat_rows(rf: ReceptiveField) -> list[dict]:
+    """One flat dict per layer, per-axis columns suffixed ``_0, _1, ...``."""
+    rows = []
+    n = len(rf.input_shape) - 2
+    for layer in rf.layers:
+        d = layer.to_dict()
+        row = {"name": d["name"], "op": d["op"], "shape": "x".join(map(str, d["shape"]))}
+        for key in ("size", "jump", "padding", "center"):
+            for k in range(n):
+                row[f"{key}_{k}"] = d[key][k] if d[key] is not None else None
+        row.update(aligned=d["aligned"], uniform=d["uniform"], **{"global": d["global"]},
+                   unknown=d["unknown"])
+        rows.append(row)
+    return rows
+
+
+def to_csv(rf: ReceptiveField) -> str:
+    rows = flat_rows(rf)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["name"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+COLUMNS = ("layer", "op", "output", "size", "jump", "padding", "center", "notes")
+
+
+def _cells(layer) -> tuple[str, ...]:
+    return (layer.name, layer.op, "×".join(map(str, layer.shape[1:])), _axes(layer.size),
+            _axes(layer.jump), _axes(layer.padding), _axes(layer.center), _flags(layer))
+
+
+def to_markdown(rf: ReceptiveField) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for layer in rf.layers:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(layer)) + " |")
+    lines.extend(f"\n> {w}" for w in rf.warnings)
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(rf: ReceptiveField):
+    from rich.table import Table
+
+    title = f"Receptive fields of {rf.model} at input {'×'.join(map(str, rf.input_shape[1:]))}"
+    table = Table(title=title, caption="\n".join(rf.warnings) or None, caption_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in ("size", "jump", "padding", "center") else "left",
+                         overflow="fold")
+    for layer in rf.layers:
+        style = "red" if not layer.known else ("yellow" if not layer.aligned else None)
+        table.add_row(*_cells(layer), style=style)
+    return table
+
+
+def html_table(rf: ReceptiveField) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(layer)) + "</tr>"
+                   for layer in rf.layers)
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in rf.warnings)
+    caption = html.escape(f"Receptive fields of {rf.model} at input "
+                          f"{'×'.join(map(str, rf.input_shape[1:]))}")
+    return (f"<div class='rflens-trf'><table class='rflens'><caption>{caption}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            + (f"<ul class='rflens-warnings'>{warn}</ul>" if warn else "") + "</div>")

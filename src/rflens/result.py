@@ -1,0 +1,267 @@
+"""Results of a theoretical-receptive-field analysis: frozen dataclasses that render themselves.
+
+Units: sizes, paddings and boxes are in input pixels; jumps are input pixels per unit (exact
+fractions below 1 after upsampling); centres are input pixel coordinates (0-based, may be .5).
+Every per-axis tuple is ordered like the input's spatial axes (H, W for images).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Iterator
+
+import numpy as np
+
+from rflens.errors import RflensError
+from rflens.fields import Factor
+
+SCHEMA_VERSION = 1
+
+
+class LayerNotFoundError(RflensError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def exact(value: Fraction | int | None) -> int | str | None:
+    """JSON form of an exact number: an int when whole, else a string like ``"1/2"``."""
+    if value is None:
+        return None
+    value = Fraction(value)
+    return int(value) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+@dataclass(frozen=True)
+class AxisField:
+    """The field along one input axis. For a non-uniform axis (upsampling, adaptive pooling,
+    concatenation along the axis) ``size`` is the largest size over units and ``padding``/``center``
+    describe unit 0."""
+
+    size: int
+    jump: Fraction
+    padding: int
+    center: Fraction
+    uniform: bool
+
+
+@dataclass(frozen=True)
+class LayerField:
+    """One row: the field of every unit of one module's (or op's) output."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    axes: tuple[AxisField | None, ...]
+    aligned: bool
+    is_global: bool
+    unknown_ops: tuple[str, ...] = ()
+    lost: tuple[str, ...] = ()
+    input_spatial: tuple[int, ...] = ()
+    factors: tuple[Factor | None, ...] = field(default=(), repr=False, compare=False)
+
+    # per-axis summaries -------------------------------------------------------------------
+    @property
+    def known(self) -> bool:
+        """False when an unknown op (or an untracked reshape) lies between input and this layer."""
+        return not self.unknown_ops and not self.lost and all(a is not None for a in self.axes)
+
+    def _per_axis(self, attr: str) -> tuple | None:
+        if not self.known:
+            return None
+        return tuple(getattr(a, attr) for a in self.axes)
+
+    @property
+    def size(self) -> tuple[int, ...] | None:
+        return self._per_axis("size")
+
+    @property
+    def jump(self) -> tuple[Fraction, ...] | None:
+        return self._per_axis("jump")
+
+    @property
+    def padding(self) -> tuple[int, ...] | None:
+        return self._per_axis("padding")
+
+    @property
+    def center(self) -> tuple[Fraction, ...] | None:
+        return self._per_axis("center")
+
+    @property
+    def uniform(self) -> bool:
+        return self.known and all(a.uniform for a in self.axes)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of units along each input axis (1 for an axis pooled away)."""
+        return tuple(f.size if f is not None else 0 for f in self.factors)
+
+    @property
+    def exceeds_input(self) -> bool:
+        """True when the field is larger than the input along some axis."""
+        return self.known and any(a.size > n for a, n in zip(self.axes, self.input_spatial))
+
+    # boxes --------------------------------------------------------------------------------
+    def _check_unit(self, unit) -> tuple[int, ...]:
+        unit = (unit,) if isinstance(unit, (int, np.integer)) else tuple(unit)
+        if not self.known:
+            raise RflensError(f"the field of layer {self.name!r} is unknown ("
+                              f"{', '.join(self.unknown_ops + self.lost)}): no boxes")
+        if len(unit) != len(self.factors):
+            raise RflensError(f"unit {unit} of layer {self.name!r} needs {len(self.factors)} "
+                              f"indices, one per spatial axis (grid {self.grid})")
+        for u, n in zip(unit, self.grid):
+            if not 0 <= u < n:
+                raise RflensError(f"unit {unit} is outside layer {self.name!r}'s grid {self.grid}")
+        return unit
+
+    def box(self, unit, clip: bool = False) -> tuple[tuple[int, int], ...] | None:
+        """Inclusive input interval ``(lo, hi)`` per axis seen by ``unit`` (one index per axis).
+
+        ``clip=False``: the geometric field, which may reach into padding (negative or past the
+        border). ``clip=True``: the exact hull of the real input pixels the unit depends on (None
+        when it depends on none, e.g. a unit computed from padding only)."""
+        unit = self._check_unit(unit)
+        out = []
+        for u, f in zip(unit, self.factors):
+            if clip:
+                lo, hi = int(f.lo[u]), int(f.hi[u])
+                if lo > hi:
+                    return None
+                out.append((lo, hi))
+            else:
+                out.append(f.field.interval(u))
+        return tuple(out)
+
+    def units_seeing(self, pixel) -> tuple[tuple[int, int], ...] | None:
+        """Per axis, the inclusive range of units whose (exact) field contains ``pixel``; None if
+        no unit sees it."""
+        pixel = (pixel,) if isinstance(pixel, (int, np.integer)) else tuple(pixel)
+        if not self.known:
+            raise RflensError(f"the field of layer {self.name!r} is unknown: no inverse map")
+        if len(pixel) != len(self.factors):
+            raise RflensError(f"pixel {pixel} needs {len(self.factors)} coordinates")
+        out = []
+        for p, f in zip(pixel, self.factors):
+            hit = np.nonzero((f.lo <= p) & (p <= f.hi))[0]
+            if hit.size == 0:
+                return None
+            out.append((int(hit[0]), int(hit[-1])))
+        return tuple(out)
+
+    # serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        known = self.known
+        return {
+            "name": self.name,
+            "op": self.op,
+            "shape": list(self.shape),
+            "size": [a.size for a in self.axes] if known else None,
+            "jump": [exact(a.jump) for a in self.axes] if known else None,
+            "padding": [a.padding for a in self.axes] if known else None,
+            "center": [exact(a.center) for a in self.axes] if known else None,
+            "aligned": self.aligned,
+            "uniform": self.uniform if known else None,
+            "global": self.is_global,
+            "unknown": not known,
+        }
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Theoretical receptive field of every layer of a model, in execution order."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    layers: tuple[LayerField, ...]
+    alignment_issues: tuple = ()
+    unsupported_ops: tuple = ()
+    warnings: tuple[str, ...] = ()
+    capture_path: str = "meta"
+
+    # access -------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.layers[0].input_spatial if self.layers else ()
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[LayerField]:
+        return iter(self.layers)
+
+    def __contains__(self, name: object) -> bool:
+        return any(layer.name == name for layer in self.layers)
+
+    def __getitem__(self, name: str) -> LayerField:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        close = difflib.get_close_matches(str(name), self.names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see .names for all layers"
+        raise LayerNotFoundError(f"no layer named {name!r} in {self.model}{hint}")
+
+    def box(self, name: str, unit, clip: bool = False):
+        """See :meth:`LayerField.box`."""
+        return self[name].box(unit, clip=clip)
+
+    def units_seeing(self, name: str, pixel):
+        """See :meth:`LayerField.units_seeing`."""
+        return self[name].units_seeing(pixel)
+
+    def select(self, patterns: list[str] | None) -> "ReceptiveField":
+        """A copy holding only layers whose names match one of the glob ``patterns``."""
+        import fnmatch
+        from dataclasses import replace
+
+        if not patterns:
+            return self
+        keep = tuple(layer for layer in self.layers
+                     if any(fnmatch.fnmatchcase(layer.name, p) for p in patterns))
+        if not keep:
+            raise RflensError(f"no layer of {self.model} matches {' '.join(patterns)} "
+                              f"(layers look like {', '.join(self.names[:3])}, ...)")
+        return replace(self, layers=keep)
+
+    # serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "input": {"shape": list(self.input_shape)},
+            "capture": self.capture_path,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "alignment_issues": [issue.describe() for issue in self.alignment_issues],
+            "unsupported_ops": [{"op": u.op, "module": u.module, "count": u.count, "reason": u.reason}
+                                for u in self.unsupported_ops],
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_dataframe(self):
+        """One row per layer; per-axis columns ``size_0, size_1, ...`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise RflensError("to_dataframe needs pandas: pip install pandas") from exc
+        from rflens.render import flat_rows
+
+        return pd.DataFrame(flat_rows(self))
+
+    def _repr_html_(self) -> str:
+        from rflens.render import html_table
+
+        return html_table(self)
+
+    def __rich__(self):
+        from rflens.render import rich_table
+
+        return rich_table(self)

@@ -1,0 +1,192 @@
+"""The theoretical-receptive-field entry point: ``rflens.receptive_field(model, input_shape=...)``."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+
+from rflens.capture import Capture, TensorRef, capture, capture_with_fallback
+from rflens.errors import InputTooSmallError, RflensError, UnsupportedOpError
+from rflens.fields import TensorField
+from rflens.graph import Analysis, analyse
+from rflens.result import AxisField, LayerField, ReceptiveField
+
+
+def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
+                    example_inputs=None, ops: bool = False, strict: bool = False,
+                    name: str | None = None) -> ReceptiveField:
+    """Exact theoretical receptive field of every layer of ``model``.
+
+    ``input_shape``: one input without the batch dimension, ``(C, *spatial)`` — e.g.
+    ``(3, 224, 224)``; the model runs on batch 1. Alternatively ``example_inputs``: a tensor or a
+    tuple of positional inputs (the first tensor's dimensions after the first two are spatial).
+    ``ops=True`` adds one row per aten op. ``strict=True`` raises :class:`UnsupportedOpError` if
+    any op has no rule. The model is not modified (it runs on meta copies of its weights, in eval
+    mode; its train/eval flags are restored).
+    """
+    inputs = _inputs(input_shape, example_inputs)
+    first = next(t for t in inputs if isinstance(t, torch.Tensor))
+    n_spatial = first.dim() - 2
+    if n_spatial < 1:
+        raise RflensError(f"input shape {tuple(first.shape[1:])} has no spatial axis; give "
+                          "(channels, *spatial), e.g. 3x224x224")
+    label = name or type(model).__name__
+    try:
+        cap = capture_with_fallback(model, inputs)
+    except RflensError as exc:
+        _explain_too_small(model, inputs, exc)
+        raise
+    analysis = analyse(cap, n_spatial)
+    result = _build(cap, analysis, label, tuple(first.shape), ops)
+    if strict and result.unsupported_ops:
+        u = result.unsupported_ops[0]
+        more = f" and {len(result.unsupported_ops) - 1} more" if len(result.unsupported_ops) > 1 else ""
+        raise UnsupportedOpError(f"op {u.op} in module {u.module or '(root)'} has {u.reason}{more}; "
+                                 "drop --strict to see the partial result")
+    return result
+
+
+def _inputs(input_shape, example_inputs) -> tuple:
+    if (input_shape is None) == (example_inputs is None):
+        raise RflensError("give exactly one of input_shape=(C, H, W) or example_inputs=")
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            return (example_inputs,)
+        inputs = tuple(example_inputs)
+        if not any(isinstance(t, torch.Tensor) for t in inputs):
+            raise RflensError("example_inputs holds no tensor")
+        return inputs
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise RflensError(f"input shape {shape} must be (channels, *spatial) with positive sizes, "
+                          "e.g. (3, 224, 224)")
+    return (torch.empty((1, *shape), device="meta"),)
+
+
+def _axis_fields(field: TensorField, n_spatial: int):
+    by_axis = field.axis_fields()
+    axes, factors = [], []
+    for k in range(n_spatial):
+        entry = by_axis.get(k)
+        if entry is None:
+            axes.append(None)
+            factors.append(None)
+            continue
+        f = entry[1]
+        m = f.field
+        axes.append(AxisField(m.size, m.jump, m.padding, m.center, m.uniform))
+        factors.append(f)
+    return tuple(axes), tuple(factors)
+
+
+def _row(name: str, op: str, ref: TensorRef, analysis: Analysis, spatial: tuple[int, ...]) -> LayerField | None:
+    if ref.id is None or ref.id not in analysis.fields:
+        return None  # the output does not depend on the input
+    field = analysis.fields[ref.id]
+    axes, factors = _axis_fields(field, len(spatial))
+    lost = tuple(sorted(field.lost))
+    if any(a is None for a in axes) and not field.unknown and not lost:
+        lost = ("no input axis can be followed to this output",)
+    return LayerField(name, op, ref.shape, axes, not field.misaligned, field.is_global,
+                      tuple(sorted(field.unknown)), lost, spatial, factors)
+
+
+def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool) -> ReceptiveField:
+    spatial = tuple(input_shape[2:])
+    rows: list[tuple[int, int, LayerField]] = []
+    seen: dict[str, int] = {}
+    for order, event in enumerate(cap.modules):
+        base = event.name or "output"
+        if event.call:
+            base = f"{base}#{event.call + 1}"
+        for suffix, ref in event.outputs:
+            row = _row(base + suffix, event.type_name, ref, analysis, spatial)
+            if row is not None:
+                rows.append((event.after_node, order, row))
+    if ops:
+        for node in cap.nodes:
+            for k, ref in enumerate(node.outputs):
+                key = f"{node.module or 'output'}:{node.name}"
+                seen[key] = seen.get(key, 0) + 1
+                label_k = key if seen[key] == 1 else f"{key}#{seen[key]}"
+                row = _row(label_k + (f"[{k}]" if k else ""), f"aten.{node.name}", ref, analysis, spatial)
+                if row is not None:
+                    rows.append((node.index + 1, -1, row))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    warnings = list(cap.notes)
+    for issue in analysis.alignment:
+        warnings.append(issue.describe())
+    for u in analysis.unsupported:
+        warnings.append(f"op {u.op} in module {u.module or '(root)'} ({u.count}×) has {u.reason}: "
+                        "its outputs and everything after them are marked unknown")
+    layers = tuple(r[2] for r in rows)
+    big = [layer.name for layer in layers if layer.exceeds_input and not layer.is_global]
+    if big:
+        warnings.append(f"{len(big)} layer(s) have a field larger than the input, from {big[0]} on")
+    return ReceptiveField(label, tuple(input_shape), layers, tuple(analysis.alignment),
+                          tuple(analysis.unsupported), tuple(warnings), cap.path)
+
+
+_TOO_SMALL = re.compile(r"too small|smaller than|greater than|Output size is|negative|"
+                        r"non-positive|Kernel size can't be|invalid|empty", re.I)
+
+
+def _explain_too_small(model, inputs: tuple, exc: RflensError) -> None:
+    """If the model fails because the input is too small, name the layer and the minimum size."""
+    if not _TOO_SMALL.search(str(exc)):
+        return
+    first = inputs[0]
+    shape = tuple(first.shape)
+    failing = _failing_module(model, shape)
+    lo, hi = max(shape[2:]), max(shape[2:]) * 2
+    while not _runs(model, shape, hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 14:
+            return
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _runs(model, shape, mid) else (mid, hi)
+    where = f" at layer {failing}" if failing else ""
+    raise InputTooSmallError(
+        f"input {'x'.join(map(str, shape[1:]))} is too small for the model{where}: the smallest "
+        f"square input that runs is {'x'.join([str(shape[1])] + [str(hi)] * (len(shape) - 2))}") from exc
+
+
+def _runs(model, shape, n: int) -> bool:
+    probe = (torch.empty((shape[0], shape[1], *([n] * (len(shape) - 2))), device="meta"),)
+    try:
+        capture(model, probe, device="meta")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "does not run at this size"
+        return False
+
+
+def _failing_module(model, shape) -> str | None:
+    """The innermost module that was running when the model failed on meta."""
+    stack: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    failing: list[str] = []
+
+    def pre(mod, _):
+        stack.append(names.get(id(mod), "?"))
+
+    def post(mod, _a, _o):
+        stack.pop()
+
+    handles = [h for m in model.modules()
+               for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
+        torch.func.functional_call(model, state, (torch.empty(shape, device="meta"),), strict=False)
+    except Exception:  # noqa: BLE001
+        failing = [s for s in stack if s]
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+    return failing[-1] if failing else None
