@@ -317,13 +317,13 @@ def _refuse(name: str, m: nn.Module, d: int) -> None:
                           "supported; truncate the model with --layer NAME before it")
     if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim not in (None, 1, -d - 1):
         raise RflensError(f"cannot rarefy {_display(name)} ({kind}): it normalises over a spatial "
-                          "axis (dim={m.dim}); truncate the model with --layer NAME before it")
+                          f"axis (dim={m.dim}); truncate the model with --layer NAME before it")
     if isinstance(m, _MAXPOOL) and m.return_indices:
         raise RflensError(f"cannot rarefy {_display(name)} ({kind}): return_indices=True is not "
                           "supported; truncate the model with --layer NAME before it")
     if isinstance(m, _REWRITTEN) and not isinstance(m, _PAD):
-        dims = len(_tup(m.kernel_size, 1)) if isinstance(m.kernel_size, tuple) else None
-        if dims is not None and dims != d:
+        dims = len(m.kernel_size) if isinstance(m.kernel_size, tuple) else d
+        if dims != d:
             raise RflensError(f"cannot rarefy {_display(name)} ({kind}): it has {dims} spatial "
                               f"axes but the input has {d}; check --input")
 
@@ -478,6 +478,16 @@ def _example_tensor(model: nn.Module, example: Tensor | Sequence[int] | None) ->
     return torch.zeros((1, *shape), dtype=dtype)
 
 
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are meta tensors (no data copied)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 def analyze(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> DenseGeometry:
     """Geometry of ``model`` for dense prediction (total stride, field of dense unit 0, the stride
     each rewritable module runs at), found by running a copy of it on ``example`` (a batched tensor,
@@ -490,7 +500,7 @@ def analyze(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> 
         raise RflensError(f"input shape {tuple(x.shape)} must be (B, C, *spatial) with 1 to 3 "
                           "spatial axes")
     try:
-        return _probe_once(copy.deepcopy(model).to("meta"), torch.empty_like(x, device="meta"))
+        return _probe_once(_meta_copy(model), torch.empty_like(x, device="meta"))
     except RflensError:
         raise
     except Exception:  # some models do not run on meta tensors: probe on real zeros instead
@@ -547,7 +557,21 @@ def _rarefied(m: nn.Module, f: Ints, d: int) -> nn.Module:
     return _rarefied_pool(m, f, d)
 
 
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Give a replacement module the forward hooks of the one it replaces (e.g. truncation's)."""
+    if new is old or any(m is old for m in new.modules()):
+        return  # same module, or a wrapper around it: its hooks still fire
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr):
+            getattr(new, attr).update(getattr(old, attr))
+
+
 def _replace(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    _carry_hooks(root.get_submodule(name), new)
     if not name:
         return new
     parent, _, leaf = name.rpartition(".")
@@ -615,12 +639,20 @@ def _jump(model: nn.Module, x: Tensor, jump: int | Sequence[int] | None) -> Ints
     return _tup(jump, x.ndim - 2)
 
 
-def shift_and_stitch(model: nn.Module, x: Tensor, jump: int | Sequence[int] | None = None) -> Tensor:
-    """Dense output of ``model`` on ``x`` from ``prod(J)`` shifted passes (see the module docstring
-    for the shift and placement conventions). ``jump`` defaults to the model's total stride."""
+def shift_and_stitch(model: nn.Module, x: Tensor, jump: int | Sequence[int] | None = None,
+                     shifts_per_pass: int = 1) -> Tensor:
+    """Dense output of ``model`` on ``x`` from ``prod(J)`` shifted inputs (see the module docstring
+    for the shift and placement conventions). ``jump`` defaults to the model's total stride.
+    By default each shift is its own forward pass; ``shifts_per_pass > 1`` concatenates that many
+    shifted copies along the batch axis per pass (faster on small inputs, more memory)."""
     jumps = _jump(model, x, jump)
+    shifts = list(itertools.product(*map(range, jumps)))
+    outputs: dict[Ints, Tensor] = {}
     with torch.no_grad():
-        outputs = {s: model(shifted_input(x, s)) for s in itertools.product(*map(range, jumps))}
+        for start in range(0, len(shifts), max(1, shifts_per_pass)):
+            chunk = shifts[start:start + max(1, shifts_per_pass)]
+            ys = model(torch.cat([shifted_input(x, s) for s in chunk])).split(x.shape[0])
+            outputs.update(zip(chunk, ys))
     return stitch(outputs, jumps)
 
 
@@ -672,7 +704,7 @@ def _timed(fn: Callable[[], Tensor], repeat: int, warmup: bool) -> tuple[Tensor,
 
 
 def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int = 1,
-            warmup: bool = True) -> dict[str, Any]:
+            warmup: bool = True, shifts_per_pass: int = 1) -> dict[str, Any]:
     """Shift-and-stitch vs rarefaction on ``x`` (batched), optionally truncated at ``layer``.
 
     Both run on an ``eval()`` copy of ``model`` (BatchNorm batch statistics and dropout would make
@@ -684,20 +716,24 @@ def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int =
     borders included, for information), ``time_shift_stitch_s`` (all passes plus stitching),
     ``time_rarefied_s`` (one pass), ``time_build_s`` (probing and building the rarefied copy),
     ``ratio`` (= time_shift_stitch_s / time_rarefied_s: how many times faster one rarefied pass is),
+    ``passes`` (forward passes shift-and-stitch made: ``shifts / shifts_per_pass`` rounded up),
     shapes and dtype. Times are the best of ``repeat`` runs, after one untimed run if ``warmup``.
     """
-    net = truncate(copy.deepcopy(model).eval(), layer)
+    net = truncate(model, layer)
+    net = (copy.deepcopy(model) if net is model else net).eval()
     start = time.perf_counter()
     rare, geometry = _rarefy(net, x)
     build = time.perf_counter() - start
     with torch.no_grad():
-        stitched, t_shift = _timed(lambda: shift_and_stitch(net, x, geometry.jump), repeat, warmup)
+        stitched, t_shift = _timed(
+            lambda: shift_and_stitch(net, x, geometry.jump, shifts_per_pass), repeat, warmup)
         dense, t_rare = _timed(lambda: rare(x), repeat, warmup)
     index = interior(geometry, x.shape[2:], stitched.shape[2:], dense.shape[2:])
     common = [np.arange(min(a, b)) for a, b in zip(stitched.shape[2:], dense.shape[2:])]
     return {
         "layer": layer, "input_shape": list(x.shape), "dtype": str(x.dtype).replace("torch.", ""),
         "jump": list(geometry.jump), "shifts": geometry.shifts,
+        "passes": -(-geometry.shifts // max(1, shifts_per_pass)),
         "field_lo": list(geometry.lo), "field_hi": list(geometry.hi),
         "stitched_shape": list(stitched.shape), "rarefied_shape": list(dense.shape),
         "interior": [[int(i[0]), int(i[-1]), len(i)] if len(i) else [None, None, 0] for i in index],

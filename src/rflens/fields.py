@@ -99,9 +99,12 @@ class TensorField:
 
     def axis_fields(self) -> dict[int, tuple[int | None, Factor]]:
         """input axis -> (tensor dim or None for a reduced axis, factor) for every axis whose field
-        is known: single-factor spatial dimensions and axes reduced to one unit."""
+        is known: spatial dimensions (also flattened ones) and axes reduced to one unit."""
         out: dict[int, tuple[int | None, Factor]] = {f.axis: (None, f) for f in self.extra}
-        out.update({f.axis: (d, f) for d, f in self.spatial_dims()})
+        for d, dim in enumerate(self.dims):
+            for f in dim:
+                if f.axis is not None:
+                    out[f.axis] = (d, f)
         return out
 
 

@@ -72,10 +72,12 @@ def parse_input(text: str) -> tuple[int, ...]:
     if not parts:
         raise RflensError(f"empty --input; expected {_SHAPE_FORMS}")
     if not all(re.fullmatch(r"[+]?\d+", p) for p in parts):
-        raise RflensError(f"bad --input '{raw}': sizes must be positive integers; expected {_SHAPE_FORMS}")
+        raise RflensError(f"bad --input '{raw}': sizes must be positive integers; "
+                          f"expected {_SHAPE_FORMS}")
     sizes = tuple(int(p) for p in parts)
     if any(s <= 0 for s in sizes):
-        raise RflensError(f"bad --input '{raw}': sizes must be positive (no zeros); expected {_SHAPE_FORMS}")
+        raise RflensError(f"bad --input '{raw}': sizes must be positive (no zeros); "
+                          f"expected {_SHAPE_FORMS}")
     if not 2 <= len(sizes) <= 4:
         raise RflensError(f"bad --input '{raw}': {len(sizes)} size(s), need a channel count and 1 to 3 "
                           f"spatial sizes; expected {_SHAPE_FORMS}")
@@ -206,7 +208,8 @@ def _import_file(path: Path) -> Any:
         loader_spec.loader.exec_module(module)
     except SyntaxError as exc:
         sys.modules.pop(module_name, None)
-        raise RflensError(f"{path}: syntax error at line {exc.lineno}: {exc.msg}; fix the file") from exc
+        raise RflensError(f"{path}: syntax error at line {exc.lineno}: {exc.msg}; "
+                          "fix the file") from exc
     except (Exception, SystemExit) as exc:
         sys.modules.pop(module_name, None)
         raise RflensError(f"{path}: running the file failed with {type(exc).__name__}: "

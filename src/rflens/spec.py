@@ -17,8 +17,9 @@ Conventions, all in input-pixel units of the layer's own input:
   per-axis ``[before, after]`` pairs, e.g. 2-D ``[[top, bottom], [left, right]]`` (tensor order, the
   reverse of ``F.pad``'s last-axis-first order; an axis entry may be a plain int), or ``same`` (stride
   1 only), which is resolved like PyTorch's: ``d*(k-1)`` in all, the odd pixel after. Symmetric
-  padding goes into the layer itself; asymmetric padding becomes an explicit pad child named
-  ``NAME_pad`` (zeros; ``-inf`` before a max pool) followed by the layer with padding 0.
+  padding goes into the layer itself; asymmetric padding, and pool padding beyond PyTorch's limit of
+  half the kernel, becomes an explicit pad child named ``NAME_pad`` (zeros; ``-inf`` before a max
+  pool) followed by the layer with padding 0.
 - Pool ``stride`` defaults to ``kernel``; conv ``stride`` to 1. ``channels`` (convs only) defaults to
   the incoming channel count.
 - Children are named by the layer's ``name`` or ``layer{i}_{op}``, with ``i`` the 0-based index in
@@ -112,7 +113,8 @@ def build_spec(data: dict, source: str = "spec") -> tuple[nn.Sequential, tuple[i
     RflensError naming ``source``, ``layers[i]`` and the field.
     """
     if not isinstance(data, dict):
-        raise RflensError(f"{source}: spec must be a mapping with 'input' and 'layers', got {_kind(data)}")
+        raise RflensError(f"{source}: spec must be a mapping with 'input' and 'layers', "
+                          f"got {_kind(data)}")
     _check_keys(data, TOP_KEYS, f"{source}: top level")
     shape = _parse_input(data, source)
     layers = _parse_layer_list(data, source)
@@ -140,7 +142,8 @@ def _parse_yaml(text: str, path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or exc
-        raise RflensError(f"{path}: malformed YAML{where}: {_one_line(problem)}; fix the syntax") from exc
+        raise RflensError(f"{path}: malformed YAML{where}: {_one_line(problem)}; "
+                          "fix the syntax") from exc
 
 
 def _parse_json(text: str, path: Path) -> Any:
@@ -177,7 +180,8 @@ def _build_layer(entry: Any, index: int, ndim: int, channels: int,
                  source: str) -> tuple[list[tuple[str, nn.Module]], int]:
     where = f"{source}: layers[{index}]"
     if not isinstance(entry, dict):
-        raise RflensError(f"{where}: must be a mapping like {{op: conv, kernel: 3}}, got {_show(entry)}")
+        raise RflensError(f"{where}: must be a mapping like {{op: conv, kernel: 3}}, "
+                          f"got {_show(entry)}")
     op = _parse_op(entry, where)
     name = _parse_name(entry, index, op, where)
     where = f"{source}: layers[{index}] '{name}'"
@@ -201,7 +205,8 @@ def _parse_op(entry: dict, where: str) -> str:
         raise RflensError(f"{where}: field 'op' must be a string (one of: {known}), got {_show(op)}")
     key = op.strip().lower().replace("-", "_")
     if key not in OP_KEYS:
-        raise RflensError(f"{where}: unknown op '{op}'{_did_you_mean(key, OP_KEYS)}; known ops: {known}")
+        raise RflensError(f"{where}: unknown op '{op}'{_did_you_mean(key, OP_KEYS)}; "
+                          f"known ops: {known}")
     return key
 
 
@@ -269,19 +274,17 @@ class _Fields:
             raise self.fail(field, "true or false")
         return value
 
-    def padding(self, allow_same: bool, allow_pairs: bool) -> str | Pairs:
+    def padding(self) -> str | Pairs:
         """``'same'`` or per-axis ``(before, after)`` pairs in tensor order; default no padding."""
         value = self.entry.get("padding", 0)
-        if isinstance(value, str):
-            if allow_same and value.strip().lower() == "same":
-                return "same"
-            raise self.fail("padding", self._padding_form(allow_same, allow_pairs))
-        pairs = self._padding_pairs(value, allow_pairs)
+        pairs = self._padding_pairs(value)
+        if isinstance(value, str) and value.strip().lower() == "same":
+            return "same"
         if pairs is None:
-            raise self.fail("padding", self._padding_form(allow_same, allow_pairs))
+            raise self.fail("padding", self._padding_form())
         return pairs
 
-    def _padding_pairs(self, value: Any, allow_pairs: bool) -> Pairs | None:
+    def _padding_pairs(self, value: Any) -> Pairs | None:
         if _is_int(value):
             return ((value, value),) * self.ndim if value >= 0 else None
         if not isinstance(value, list) or len(value) != self.ndim:
@@ -290,21 +293,17 @@ class _Fields:
         for axis in value:
             if _is_int(axis) and axis >= 0:
                 pairs.append((axis, axis))
-            elif (allow_pairs and isinstance(axis, list) and len(axis) == 2
+            elif (isinstance(axis, list) and len(axis) == 2
                   and all(_is_int(v) and v >= 0 for v in axis)):
                 pairs.append((axis[0], axis[1]))
             else:
                 return None
         return tuple(pairs)
 
-    def _padding_form(self, allow_same: bool, allow_pairs: bool) -> str:
-        forms = [self._int_form(0)]
-        if allow_pairs:
-            forms.append(f"a list of {self.ndim} [before, after] pairs"
-                         + (" e.g. [[top, bottom], [left, right]]" if self.ndim == 2 else ""))
-        if allow_same:
-            forms.append("'same' (stride 1 only)")
-        return ", or ".join(forms)
+    def _padding_form(self) -> str:
+        example = " e.g. [[top, bottom], [left, right]]" if self.ndim == 2 else ""
+        return (f"{self._int_form(0)}, or a list of {self.ndim} [before, after] pairs{example}, "
+                "or 'same' (stride 1 only)")
 
 
 def _build_conv(field: _Fields, op: str, name: str, ndim: int,
@@ -342,9 +341,7 @@ def _build_pool(field: _Fields, op: str, name: str, ndim: int) -> list[tuple[str
     dilation = field.ints("dilation", (1,) * ndim, 1) if op == "maxpool" else (1,) * ndim
     ceil_mode = field.boolean("ceil_mode", False)
     padding = _resolve_same(field, kernel, stride, dilation)
-    native, pad = _split_padding(padding)
-    if pad is None:
-        _check_pool_padding(field, op, kernel, dilation, native)
+    native, pad = _split_padding(padding, _pool_padding_limits(kernel))
     if op == "maxpool":
         pool = _MAXPOOL[ndim](kernel, stride, native, dilation, ceil_mode=ceil_mode)
         return _with_pad(name, pad, ndim, -math.inf) + [(name, pool)]
@@ -352,20 +349,17 @@ def _build_pool(field: _Fields, op: str, name: str, ndim: int) -> list[tuple[str
     return _with_pad(name, pad, ndim, 0.0) + [(name, pool)]
 
 
-def _check_pool_padding(field: _Fields, op: str, kernel: tuple[int, ...], dilation: tuple[int, ...],
-                        padding: tuple[int, ...]) -> None:
-    """PyTorch's limit on symmetric pool padding: at most half the (effective) kernel."""
-    limits = [((k - 1) * d + 1) // 2 if op == "maxpool" else k // 2 for k, d in zip(kernel, dilation)]
-    if any(p > lim for p, lim in zip(padding, limits)):
-        raise field.fail("padding", f"at most half the kernel ({_show(limits)}) for {op}",
-                         "use [before, after] pairs for more")
+def _pool_padding_limits(kernel: tuple[int, ...]) -> list[int]:
+    """The most padding every PyTorch pool accepts itself: half the kernel (max_pool1d ignores
+    dilation here, unlike max_pool2d)."""
+    return [k // 2 for k in kernel]
 
 
 def _resolve_same(field: _Fields, kernel: tuple[int, ...], stride: tuple[int, ...],
                   dilation: tuple[int, ...]) -> Pairs:
     """The layer's padding as pairs, ``'same'`` split like PyTorch's: total ``d*(k-1)``, the odd
     pixel after."""
-    padding = field.padding(allow_same=True, allow_pairs=True)
+    padding = field.padding()
     if padding != "same":
         return padding
     if any(s != 1 for s in stride):
@@ -374,9 +368,12 @@ def _resolve_same(field: _Fields, kernel: tuple[int, ...], stride: tuple[int, ..
     return tuple((t // 2, t - t // 2) for t in totals)
 
 
-def _split_padding(padding: Pairs) -> tuple[tuple[int, ...], Pairs | None]:
-    """Native layer padding plus the pairs for an explicit pad layer (None when symmetric)."""
-    if all(a == b for a, b in padding):
+def _split_padding(padding: Pairs, limits: list[int] | None = None
+                   ) -> tuple[tuple[int, ...], Pairs | None]:
+    """Native layer padding plus the pairs for an explicit pad layer: None when the padding is
+    symmetric and within the layer's own ``limits``."""
+    within = limits is None or all(a <= lim for (a, _), lim in zip(padding, limits))
+    if within and all(a == b for a, b in padding):
         return tuple(a for a, _ in padding), None
     return (0,) * len(padding), padding
 
@@ -402,7 +399,7 @@ def _build_upsample(field: _Fields, ndim: int) -> nn.Module:
     if "align_corners" in field.entry:
         if mode.startswith("nearest"):
             raise field.fail("align_corners", "left out for mode nearest",
-                         "it applies to bilinear/bicubic only")
+                             "it applies to bilinear/bicubic only")
         corners = field.boolean("align_corners", False)
     elif not mode.startswith("nearest"):
         corners = False

@@ -88,6 +88,10 @@ def broadcast_factor(f: Factor, n: int) -> Factor:
     return apply_reads(f, constant_reads(0, 0), n)
 
 
+def _is_broadcast_context(dim: Dim) -> bool:
+    return any(f.axis is not None and f.field.jump == 0 and f.size > 1 for f in dim)
+
+
 def describe(fmap: AxisMap) -> tuple[str, str]:
     return str(fmap.jump), str(fmap.center)
 
@@ -101,6 +105,9 @@ def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[in
     from rflens.rules.registry import Misalignment
 
     spatial = [(p, d) for p, d in zip(positions, dims) if any(f.axis is not None for f in d)]
+    local = [(p, d) for p, d in spatial if not _is_broadcast_context(d)]
+    if local:  # a pooled context broadcast over the map (J = 0) does not move the local field
+        spatial = local
     if not spatial:
         return (Factor(n),)
     structures = {tuple((f.size, f.axis) for f in d) for _, d in spatial}

@@ -5,7 +5,7 @@ kept dimensions carry their operands' fields (a token-wise linear layer stays lo
 from __future__ import annotations
 
 from rflens.fields import Factor, TensorField, flags_of
-from rflens.rules._axis import merge_dims
+from rflens.rules._axis import merge_dims, reduce_dim
 from rflens.rules.merge import broadcast_merge
 from rflens.rules.registry import Arg, OpCall, register
 
@@ -40,8 +40,21 @@ def product(call: OpCall, a: Arg, b: Arg, shape) -> TensorField | None:
     dims.append(db[-1] if b.field is not None else (Factor(shape[-1]),))
     flags = flags_of(live)
     flags["is_global"] = flags["is_global"] or contracted
-    extra = tuple(f for x in live for f in x.extra)
-    return TensorField(tuple(dims), extra=extra, **flags)
+    extra = [f for x in live for f in x.extra]
+    if a.field is not None:
+        extra.extend(reduce_dim(da[-1]))
+    if b.field is not None:
+        extra.extend(reduce_dim(db[-2]))
+    return TensorField(tuple(dims), extra=_unique_axes(extra, call), **flags)
+
+
+def _unique_axes(extra: list, call: OpCall) -> tuple:
+    """One reduced factor per axis: paths that reduced the same axis are merged."""
+    by_axis: dict = {}
+    for f in extra:
+        by_axis.setdefault(f.axis, []).append((f,))
+    return tuple(merge_dims(dims, 1, axis, call, list(range(len(dims))))[0]
+                 for axis, dims in sorted(by_axis.items()))
 
 
 @register("mm", "bmm", "matmul", "_int_mm")

@@ -88,7 +88,7 @@ def permute(call: OpCall) -> list:
     if call.name in ("permute", "permute_copy"):
         order = [_wrap(d, n) for d in call.arg(1, "dims")]
     else:
-        if call.name.startswith("t"):
+        if call.name in ("t", "t_"):
             a, b = (0, 1) if n == 2 else (0, 0)
         else:
             a, b = _wrap(call.arg(1, "dim0"), n), _wrap(call.arg(2, "dim1"), n)
@@ -263,3 +263,17 @@ def repeat(call: OpCall) -> list:
 
 
 __all__ = ["regroup", "taps_of"]
+
+
+@register("as_strided", "as_strided_", "as_strided_copy")
+def as_strided(call: OpCall) -> list:
+    """Re-striding in place is only followed when it cannot move spatial data: same sizes and every
+    spatial dimension of size 1 (PyTorch uses it to fix the memory format of pooled outputs)."""
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    shape = call.out_shapes[0]
+    spatial_sizes = [f.size for d in x.field.dims for f in d if f.axis is not None]
+    if tuple(shape) == tuple(x.shape) and all(n == 1 for n in spatial_sizes):
+        return [x.field]
+    raise NotImplementedError("as_strided may move spatial data")
