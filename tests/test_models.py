@@ -198,7 +198,7 @@ def test_factory_missing_attribute_suggests(tmp_path):
 def test_factory_not_callable(tmp_path):
     path = write(tmp_path, "net.py", "model = 3\n")
     message = error_of(load_model, f"{path}:model")
-    assert f"{path}:model is a int, not callable" in message
+    assert f"{path}:model is not callable (type int)" in message
 
 
 def test_factory_raising(tmp_path):

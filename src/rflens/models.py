@@ -183,8 +183,8 @@ def _load_factory(path: str, factory: str) -> tuple[nn.Module, dict]:
                           f"callables defined there: {', '.join(names) or 'none'}")
     target = getattr(module, factory)
     if not callable(target):
-        raise RflensError(f"{label} is a {type(target).__name__}, not callable; point at a function "
-                          "or class that returns an nn.Module")
+        raise RflensError(f"{label} is not callable (type {type(target).__name__}); point at a "
+                          "function or class that returns an nn.Module")
     model = _call(target, f"{label}() (called with no arguments)")
     if not isinstance(model, nn.Module):
         raise RflensError(f"{label}() returned {type(model).__name__}, expected a torch.nn.Module; "
