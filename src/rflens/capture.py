@@ -42,6 +42,7 @@ class Node:
     outputs: tuple[TensorRef, ...]
     module: str             # innermost running module path ("" = the root module)
     tags: frozenset[str]
+    origin: str = ""        # the op this one was decomposed from, if any
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class _Recorder(TorchDispatchMode):
         self.nodes: list[Node] = []
         self.stack: list[str] = []
         self.tag_cache: dict = {}
+        self.origin: list[str] = []
 
     def track(self, t: torch.Tensor) -> TensorRef:
         ref = TensorRef(self.next_id, tuple(t.shape))
@@ -115,7 +117,8 @@ class _Recorder(TorchDispatchMode):
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         refs = tuple(self.track(t) for t in outs)
         node = Node(len(self.nodes), name, func._overloadname, tuple(inputs[0]), dict(inputs[1]),
-                    refs, self.stack[-1] if self.stack else "", tags)
+                    refs, self.stack[-1] if self.stack else "", tags,
+                    self.origin[0] if self.origin else "")
         self.nodes.append(node)
         if func._schema.is_mutable:
             self._write_back(node, outs)
@@ -124,10 +127,14 @@ class _Recorder(TorchDispatchMode):
     def _decompose(self, func, args, kwargs):
         table = torch._decomp.decomposition_table
         fn = table.get(func)
-        with self:
-            if fn is not None:
-                return fn(*args, **kwargs)
-            return func.decompose(*args, **kwargs)
+        self.origin.append(func.overloadpacket.__name__)
+        try:
+            with self:
+                if fn is not None:
+                    return fn(*args, **kwargs)
+                return func.decompose(*args, **kwargs)
+        finally:
+            self.origin.pop()
 
     def _write_back(self, node: Node, outs: list[torch.Tensor]) -> None:
         """An in-place op on a view also changed its base: record a new version of the base."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from rflens.arithmetic import AxisMap
 from rflens.capture import _INPLACE_WRITEBACK, Capture, Node, TensorRef
-from rflens.fields import Factor, TensorField, dim_size, flags_of, plain, spatial
+from rflens.fields import Factor, TensorField, dim_size, flags_of, is_spatial, plain, spatial
 from rflens.rules import Arg, OpCall, lookup
 from rflens.rules.merge import broadcast_merge
 
@@ -80,14 +80,25 @@ def _consistent(f: TensorField | None, shape: tuple[int, ...]) -> bool:
 
 
 def writeback(call: OpCall) -> list:
-    """A base after an in-place write into one of its views: union of its old field and the
-    view's new field when they have the same shape; otherwise the geometry is lost."""
+    """A base after an in-place write into one of its views: the union of its old field and the
+    view's new field when the view keeps the base's spatial dimensions (e.g. a channel slice);
+    otherwise the geometry is lost (reported)."""
     base, view = call.args
-    if tuple(base.shape) == tuple(view.shape):
-        return [broadcast_merge(call, base.shape)]
+    if view.field is None:
+        return [base.field]
+    base_dims = base.field.dims if base.field is not None else tuple(plain(n) for n in base.shape)
+    same_layout = len(base.shape) == len(view.shape) and all(
+        nb == nv or not (is_spatial(db) or is_spatial(dv))
+        for nb, nv, db, dv in zip(base.shape, view.shape, base_dims, view.field.dims))
+    if same_layout:
+        dims = [dv if nb == nv else plain(nb)
+                for nb, nv, dv in zip(base.shape, view.shape, view.field.dims)]
+        widened = Arg(base.shape, view.field.with_dims(dims))
+        merged = OpCall(call.name, (base, widened), {}, call.out_shapes, call.tags, call.misalignments)
+        return [broadcast_merge(merged, base.shape)]
     live = [a.field for a in (base, view) if a.field is not None]
     flags = flags_of(live)
-    flags["lost"] = flags["lost"] | {"an in-place write into a slice or reshaped view"}
+    flags["lost"] = flags["lost"] | {"an in-place write into a spatial slice or reshaped view"}
     return [TensorField(tuple(plain(s) for s in base.shape), **flags)]
 
 
@@ -129,9 +140,10 @@ def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
                     _consistent(f, r.shape) for f, r in zip(outs, node.outputs)):
                 reason, outs = "its rule returned fields that do not match the output shapes", None
     if outs is None:
-        key = (f"aten.{node.name}", node.module, reason)
+        op = f"aten.{node.origin} (decomposed to aten.{node.name})" if node.origin else f"aten.{node.name}"
+        key = (op, node.module, reason)
         unsupported[key] = unsupported.get(key, 0) + 1
-        return [_unknown_field(r.shape, live, f"aten.{node.name}") for r in node.outputs]
+        return [_unknown_field(r.shape, live, op) for r in node.outputs]
     for m in call.misalignments:
         tensor_args = call.tensor_args
         refs = [r for r in _flat_refs(node.args)]

@@ -137,25 +137,29 @@ def _explain_too_small(model, inputs: tuple, exc: RflensError) -> None:
     """If the model fails because the input is too small, name the layer and the minimum size."""
     if not _TOO_SMALL.search(str(exc)):
         return
-    first = inputs[0]
-    shape = tuple(first.shape)
+    shape = tuple(inputs[0].shape)
     failing = _failing_module(model, shape)
-    lo, hi = max(shape[2:]), max(shape[2:]) * 2
-    while not _runs(model, shape, hi):
-        lo, hi = hi, hi * 2
-        if hi > 1 << 14:
+    big = max(shape[2:])
+    while not _runs(model, shape[:2] + (big,) * (len(shape) - 2)):
+        big *= 2
+        if big > 1 << 14:
             return
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _runs(model, shape, mid) else (mid, hi)
+    minimum = []
+    for k in range(len(shape) - 2):  # smallest size along axis k, the others large enough
+        lo, hi = 0, big
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            probe = shape[:2] + tuple(mid if a == k else big for a in range(len(shape) - 2))
+            lo, hi = (lo, mid) if _runs(model, probe) else (mid, hi)
+        minimum.append(max(hi, shape[2 + k]))
     where = f" at layer {failing}" if failing else ""
     raise InputTooSmallError(
-        f"input {'x'.join(map(str, shape[1:]))} is too small for the model{where}: the smallest "
-        f"square input that runs is {'x'.join([str(shape[1])] + [str(hi)] * (len(shape) - 2))}") from exc
+        f"input {'x'.join(map(str, shape[1:]))} is too small for the model{where}: it needs at least "
+        f"{'x'.join(map(str, [shape[1], *minimum]))}; use a larger --input") from exc
 
 
-def _runs(model, shape, n: int) -> bool:
-    probe = (torch.empty((shape[0], shape[1], *([n] * (len(shape) - 2))), device="meta"),)
+def _runs(model, shape) -> bool:
+    probe = (torch.empty(shape, device="meta"),)
     try:
         capture(model, probe, device="meta")
         return True
