@@ -24,9 +24,13 @@ Conventions (per spatial axis; inputs are batched ``(B, C, *spatial)`` with 1, 2
 * **Interior** (:func:`interior`): the dense positions where both methods agree exactly (up to float
   rounding) are those whose computation reads no padding in either method::
 
-      n + lo >= n mod J      shift s = n mod J has real pixels only from offset s on (it pads before)
+      n + lo >= n mod J      shift s = n mod J has real pixels only from offset s on (it pads
+                             before); equivalently n >= J*ceil(-lo/J), the first multiple of J >= P
       n + hi <= N - 1        past the end one method reads zeros as data, the other as padding
       n < min(J*M, L)        the position exists in both outputs
+
+  so the interior is one contiguous range per axis. Agreement is guaranteed there; outside it the
+  outputs may or may not differ.
 
   Outside the interior (the borders) the two legitimately differ: each network inserts its zero (or
   ``-inf``) padding at different places, and biases or pooling make that visible.
@@ -670,7 +674,8 @@ def dense_output(model: nn.Module, x: Tensor, method: str = "rarefy") -> Tensor:
 def interior(geometry: DenseGeometry, input_size: Sequence[int], stitched_size: Sequence[int],
              rarefied_size: Sequence[int]) -> list[np.ndarray]:
     """Per axis, the dense indices ``n`` where shift-and-stitch and rarefaction must agree:
-    ``n + lo >= n mod J``, ``n + hi <= N - 1`` and ``n < min(stitched, rarefied)``."""
+    ``n + lo >= n mod J`` (i.e. ``n >= J*ceil(-lo/J)``), ``n + hi <= N - 1`` and
+    ``n < min(stitched, rarefied)``: a contiguous, possibly empty, range per axis."""
     masks = []
     for lo, hi, j, size, a, b in zip(geometry.lo, geometry.hi, geometry.jump, input_size,
                                      stitched_size, rarefied_size):
