@@ -424,7 +424,7 @@ class _Probe:
             pairs = _pad_pairs(args[1] if len(args) > 1 else kwargs["pad"], self.d)
             return f.through((1,) * self.d, (1,) * self.d, tuple(l for l, _ in pairs))
         raise RflensError(f"cannot rarefy: {name} in {self.where()} changes the spatial shape "
-                          f"{tuple(ref.shape[2:])} -> {tuple(outs[0].shape)}; only nn padding, "
+                          f"{tuple(ref.shape)} -> {tuple(outs[0].shape)}; only nn padding, "
                           "convolution and pooling modules may change it (crop, flatten, "
                           "reshape or functional padding after a stride cannot be rarefied)")
 
