@@ -330,6 +330,29 @@ class Misaligned(nn.Module):
         return self.pool(x) + self.conv(x)  # same shape on 16 samples, strides 2 and 1
 
 
+class PaddedConv(nn.Conv2d):
+    """A Conv2d subclass that pads in its own forward (like timm's Conv2dSame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride)
+
+
+class KeywordCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv1d(1, 1, 3, 2), nn.Conv1d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(input=self.a(input=x))
+
+
+def test_subclass_with_own_forward_is_refused_and_keyword_inputs_are_tracked() -> None:
+    with pytest.raises(RflensError, match=r"cannot rarefy 0 \(PaddedConv\): .*overrides forward"):
+        rarefy(nn.Sequential(PaddedConv(1, 1, 2, 2)), (1, 16, 16))
+    rare = rarefy(KeywordCalls(), (1, 16))
+    assert rare.a.stride == (1,) and rare.b.dilation == (2,)
+
+
 def test_errors_for_functional_ops_and_misaligned_merges() -> None:
     with pytest.raises(RflensError, match=r"<model> \(FunctionalPool\) calls .*max_pool2d"):
         rarefy(FunctionalPool(), (1, 16, 16))
@@ -380,3 +403,15 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch,
     assert main(["dense", "stub", "--input", "3x32x32"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot rarefy 3 (AdaptiveAvgPool2d)" in err
+
+
+def test_cli_with_a_torchvision_model(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("rflens.models")
+    from rflens.cli import main
+
+    argv = ["dense", "torchvision:resnet18", "--input", "3x48x48", "--layer", "layer1",
+            "--dtype", "float64", "--format", "json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["jump"] == [4, 4] and data["shifts"] == 16 and data["compared"] == 9
+    assert data["max_abs_diff"] < 1e-5

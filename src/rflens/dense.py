@@ -76,6 +76,7 @@ _PAD = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
 _REWRITTEN = _CONV + _CONV_T + _MAXPOOL + _AVGPOOL + _PAD
 # modules whose internal ops mix positions only along channels (their functional internals are trusted)
 _CHANNEL_ONLY = (nn.LocalResponseNorm, nn.CrossMapLRN2d)
+_KNOWN_FORWARDS = {cls.forward for cls in _REWRITTEN + _CHANNEL_ONLY}
 _GLOBAL = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
            nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Linear, nn.Bilinear, nn.Flatten,
            nn.Unflatten, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
@@ -325,6 +326,10 @@ def _refuse(name: str, m: nn.Module, d: int) -> None:
     if isinstance(m, _MAXPOOL) and m.return_indices:
         raise RflensError(f"cannot rarefy {_display(name)} ({kind}): return_indices=True is not "
                           "supported; truncate the model with --layer NAME before it")
+    if isinstance(m, _REWRITTEN + _CHANNEL_ONLY) and type(m).forward not in _KNOWN_FORWARDS:
+        raise RflensError(f"cannot rarefy {_display(name)} ({kind}): it subclasses a layer rflens "
+                          "knows but overrides forward(), so its geometry is unknown; truncate "
+                          "the model with --layer NAME before it")
     if isinstance(m, _REWRITTEN) and not isinstance(m, _PAD):
         dims = len(m.kernel_size) if isinstance(m.kernel_size, tuple) else d
         if dims != d:
@@ -362,10 +367,11 @@ class _Probe:
 
     # module hooks -------------------------------------------------------------------------------
     def pre_hook(self, name: str) -> Callable:
-        def hook(m: nn.Module, args: tuple) -> None:
+        def hook(m: nn.Module, args: tuple, kwargs: dict) -> None:
             self.stack.append((name, m))
             _refuse(name, m, self.d)
-            f = self.get(args[0]) if args else None
+            f = next((self.get(t) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)),
+                     None)
             if isinstance(m, _REWRITTEN) and f is not None:
                 seen = self.layers.setdefault(name, f.jump)
                 if seen != f.jump:
@@ -449,7 +455,8 @@ def _probe_once(model: nn.Module, x: Tensor) -> DenseGeometry:
     probe.set(x, _Field.input(d))
     handles = []
     for name, m in model.named_modules():
-        handles.append(m.register_forward_pre_hook(probe.pre_hook(name), prepend=True))
+        handles.append(m.register_forward_pre_hook(probe.pre_hook(name), prepend=True,
+                                                   with_kwargs=True))
         handles.append(m.register_forward_hook(probe.post_hook(name), prepend=True))
     try:
         with torch.no_grad(), _Tracker(probe):
