@@ -89,6 +89,9 @@ def test_interior_definition() -> None:
     # n + lo >= n mod 4  and  n + hi <= 29  and  n < 30
     expected = [n for n in range(30) if n - 5 >= n % 4 and n + 6 <= 29]
     assert index.tolist() == expected == list(range(8, 24))  # 8 = first multiple of J >= P = 5
+    assert geom.min_input == (8 + 6 + 1,)
+    (index,) = interior(geom, input_size=(14,), stitched_size=(16,), rarefied_size=(14,))
+    assert index.tolist() == []
 
 
 def test_interior_is_tight_on_the_left() -> None:

@@ -29,16 +29,14 @@ Conventions (per spatial axis; inputs are batched ``(B, C, *spatial)`` with 1, 2
       n + hi <= N - 1        past the end one method reads zeros as data, the other as padding
       n < min(J*M, L)        the position exists in both outputs
 
-  so the interior is one contiguous range per axis. Agreement is guaranteed there; outside it the
-  outputs may or may not differ.
-
-  Outside the interior (the borders) the two legitimately differ: each network inserts its zero (or
-  ``-inf``) padding at different places, and biases or pooling make that visible.
+  so the interior is one contiguous range per axis. Agreement is guaranteed there. Outside it (the
+  borders) the two may legitimately differ: each method inserts its zero (or ``-inf``) padding at
+  different places, and biases or pooling make that visible.
 
 Layers rarefaction understands (anything else raises :class:`~rflens.errors.RflensError` naming the
 module): ``Conv{1,2,3}d`` and stride-1 ``ConvTranspose{1,2,3}d``, ``MaxPool{1,2,3}d``,
 ``AvgPool{1,2,3}d``, padding modules (``ZeroPad2d``, ``ReflectionPad2d``, ...), and pointwise modules
-(BatchNorm, activations, dropout, 1x1 work, channel softmax) and the Python glue between modules
+(BatchNorm in eval mode, activations, dropout, channel softmax, LocalResponseNorm) and the Python glue between modules
 (residual additions, channel concatenation, in-place ops) as long as it keeps spatial shapes.
 """
 
@@ -137,6 +135,12 @@ class DenseGeometry:
     @property
     def shifts(self) -> int:
         return math.prod(self.jump)
+
+    @property
+    def min_input(self) -> Ints:
+        """Smallest input length per axis with a non-empty :func:`interior`: the first interior
+        index ``J*ceil(-lo/J)`` plus ``hi`` plus 1."""
+        return tuple(j * -(lo // j) + hi + 1 for lo, hi, j in zip(self.lo, self.hi, self.jump))
 
     @property
     def size(self) -> Ints:
@@ -515,7 +519,16 @@ def analyze(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> 
     except RflensError:
         raise
     except Exception:  # some models do not run on meta tensors: probe on real zeros instead
+        pass
+    try:
         return _probe_once(copy.deepcopy(model), torch.zeros_like(x))
+    except RflensError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RflensError(f"the model fails on an input of shape {tuple(x.shape)} "
+                          f"({type(exc).__name__}: {first}); check the input shape (too small, "
+                          "wrong channel count?)") from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -723,7 +736,8 @@ def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int =
     any dense comparison meaningless). Returns a JSON-ready dict: ``jump`` (J per axis), ``shifts``
     (passes shift-and-stitch runs), ``field_lo``/``field_hi`` (dense unit ``n`` sees
     ``[n+lo, n+hi]``), ``interior`` (per axis ``[first, last, count]`` of the compared indices, see
-    :func:`interior`), ``compared`` (positions compared per channel/batch item), ``max_abs_diff``
+    :func:`interior`), ``compared`` (positions compared per channel/batch item), ``min_input_for_interior`` (the
+    smallest input length per axis with a non-empty interior), ``max_abs_diff``
     (on the interior; NaN when it is empty), ``max_abs_diff_overlap`` (on every position both have,
     borders included, for information), ``time_shift_stitch_s`` (all passes plus stitching),
     ``time_rarefied_s`` (one pass), ``time_build_s`` (probing and building the rarefied copy),
@@ -750,6 +764,7 @@ def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int =
         "stitched_shape": list(stitched.shape), "rarefied_shape": list(dense.shape),
         "interior": [[int(i[0]), int(i[-1]), len(i)] if len(i) else [None, None, 0] for i in index],
         "compared": math.prod(len(i) for i in index),
+        "min_input_for_interior": list(geometry.min_input),
         "max_abs_diff": _max_abs(_select(stitched, index), _select(dense, index)),
         "max_abs_diff_overlap": _max_abs(_select(stitched, common), _select(dense, common)),
         "time_shift_stitch_s": t_shift, "time_rarefied_s": t_rare, "time_build_s": build,

@@ -66,7 +66,10 @@ def _fmt_float(value: float) -> str:
 
 
 def _interior_text(result: dict) -> str:
-    axes = " x ".join(f"{a}..{b}" if n else "empty" for a, b, n in result["interior"])
+    if not result["compared"]:
+        need = "x".join(map(str, result["min_input_for_interior"]))
+        return f"empty: the input is too small for this field, use at least {need}"
+    axes = " x ".join(f"{a}..{b}" for a, b, _ in result["interior"])
     return f"{axes} ({result['compared']} positions)"
 
 
@@ -78,7 +81,8 @@ def format_table(result: dict) -> str:
         ("layer", result["layer"] or "(whole model)"),
         ("input", "x".join(map(str, result["input_shape"])) + f" {result['dtype']}"),
         ("J (total stride)", jump),
-        ("shifts", f"{result['shifts']} ({result['passes']} passes)"),
+        ("shifts", f"{result['shifts']} ({result['passes']} pass"
+                   f"{'es' if result['passes'] != 1 else ''})"),
         ("interior compared", _interior_text(result)),
         ("max |diff| interior", _fmt_float(result["max_abs_diff"])),
         ("time shift-and-stitch", f"{result['time_shift_stitch_s']:.4f} s"),
