@@ -78,6 +78,7 @@ class _Recorder(TorchDispatchMode):
         self.stack: list[str] = []
         self.tag_cache: dict = {}
         self.origin: list[str] = []
+        self.meta = False
 
     def track(self, t: torch.Tensor) -> TensorRef:
         ref = TensorRef(self.next_id, tuple(t.shape))
@@ -102,9 +103,7 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        flat, _ = tree_flatten((args, kwargs))
-        tracked = any(isinstance(t, torch.Tensor) and t in self.ids for t in flat)
-        if not tracked:
+        if not any(t in self.ids for t in _tensors(args, kwargs)):
             return func(*args, **kwargs)
         name = func.overloadpacket.__name__
         tags = self.tags_of(func)
@@ -113,7 +112,8 @@ class _Recorder(TorchDispatchMode):
             if decomposed is not NotImplemented:
                 return decomposed
         inputs = tree_map(lambda t: self.ref(t) if isinstance(t, torch.Tensor) else t, (args, kwargs))
-        out = func(*args, **kwargs)
+        shortcut = _SHAPE_ONLY.get(func) if self.meta else None
+        out = shortcut(*args, **kwargs) if shortcut else func(*args, **kwargs)
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         refs = tuple(self.track(t) for t in outs)
         node = Node(len(self.nodes), name, func._overloadname, tuple(inputs[0]), dict(inputs[1]),
@@ -146,6 +146,37 @@ class _Recorder(TorchDispatchMode):
             new = self.track(base)
             self.nodes.append(Node(len(self.nodes), _INPLACE_WRITEBACK, "", (old, self.ref(t)), {},
                                    (new,), node.module, frozenset()))
+
+
+def _tensors(args, kwargs):
+    """The tensors among an aten op's arguments (they nest at most one list deep)."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            for b in a:
+                if isinstance(b, torch.Tensor):
+                    yield b
+
+
+def _bn_eval_shapes(x, weight, bias, mean, var, momentum, eps):
+    """Output of eval-mode batch norm on meta tensors: PyTorch's meta kernel for it is a slow
+    Python decomposition, and only the shapes matter here."""
+    c = x.shape[1] if x.dim() > 1 else 0
+    return (torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)))
+
+
+def _native_bn_shapes(x, weight, bias, mean, var, training, momentum, eps):
+    if training:
+        return torch.ops.aten.native_batch_norm.default(x, weight, bias, mean, var, training,
+                                                        momentum, eps)
+    c = x.shape[1] if x.dim() > 1 else 0
+    return (torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)))
+
+
+# ops whose meta outputs are built from shapes alone (meta runs only), keyed by overload
+_SHAPE_ONLY = {torch.ops.aten._native_batch_norm_legit_no_training.default: _bn_eval_shapes,
+               torch.ops.aten.native_batch_norm.default: _native_bn_shapes}
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
@@ -201,6 +232,7 @@ def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> C
             stack.enter_context(torch.no_grad())
             stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
+            recorder.meta = device == "meta"
             stack.enter_context(recorder)
             input_refs = [recorder.track(t) for t in inputs if isinstance(t, torch.Tensor)]
             if device == "meta":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from typing import Sequence
 
@@ -33,13 +34,18 @@ def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = 
         raise RflensError(f"input shape {tuple(first.shape[1:])} has no spatial axis; give "
                           "(channels, *spatial), e.g. 3x224x224")
     label = name or type(model).__name__
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection in the middle of capture walks the whole model: pure overhead
     try:
         cap = capture_with_fallback(model, inputs)
+        analysis = analyse(cap, n_spatial)
+        result = _build(cap, analysis, label, tuple(first.shape), ops)
     except RflensError as exc:
         _explain_too_small(model, inputs, exc)
         raise
-    analysis = analyse(cap, n_spatial)
-    result = _build(cap, analysis, label, tuple(first.shape), ops)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if strict and result.unsupported_ops:
         u = result.unsupported_ops[0]
         more = f" and {len(result.unsupported_ops) - 1} more" if len(result.unsupported_ops) > 1 else ""
