@@ -3,6 +3,7 @@ shift-and-stitch, side by side, for a few models. Not a test: it prints a table.
 
     .venv/bin/python benchmarks/dense_speed.py [--quick] [--dtype float32] [--repeat 3]
                                                [--threads N] [--device cpu] [--shifts-per-pass 1]
+                                               [--clock wall|cpu]
 
 Columns: J (total stride per axis), shifts (= passes of shift-and-stitch unless --shifts-per-pass
 batches several per pass), time of all shifted passes plus stitching, time of one rarefied pass
@@ -17,6 +18,7 @@ import argparse
 import math
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -72,8 +74,9 @@ def _row(case: Case, args: argparse.Namespace) -> list[str]:
     dtype = getattr(torch, args.dtype)
     model = case.build().to(device=args.device, dtype=dtype).eval()
     x = torch.randn((1, *case.shape), dtype=dtype, device=args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     r = compare(model, x, layer=case.layer, repeat=args.repeat, warmup=True,
-                shifts_per_pass=args.shifts_per_pass)
+                shifts_per_pass=args.shifts_per_pass, clock=clock)
     diff = r["max_abs_diff"]
     return [case.name, case.layer or "-", "x".join(map(str, case.shape)),
             "x".join(map(str, r["jump"])), f"{r['shifts']}/{r['passes']}",
@@ -98,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--shifts-per-pass", type=int, default=1)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or process CPU time (steadier on a shared machine; with N "
+                        "threads it sums their time)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device "
           f"{args.device}, {torch.get_num_threads()} threads, {args.dtype}, best of {args.repeat}, "
-          f"{args.shifts_per_pass} shift(s) per pass")
+          f"{args.shifts_per_pass} shift(s) per pass, {args.clock} clock")
     header = ["model", "layer", "input", "J", "shifts/passes", "shift+stitch s", "rarefied s",
               "ratio", "max|diff|"]
     rows = []

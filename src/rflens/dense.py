@@ -714,22 +714,24 @@ def _max_abs(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else math.nan
 
 
-def _timed(fn: Callable[[], Tensor], repeat: int, warmup: bool) -> tuple[Tensor, float]:
-    """Run ``fn`` (after one untimed call if ``warmup``) ``repeat`` times; best wall time in s."""
+def _timed(fn: Callable[[], Tensor], repeat: int, warmup: bool,
+           clock: Callable[[], float] = time.perf_counter) -> tuple[Tensor, float]:
+    """Run ``fn`` (after one untimed call if ``warmup``) ``repeat`` times; best time in s."""
     if warmup:
         fn()
     best, out = math.inf, None
     for _ in range(max(1, repeat)):
-        start = time.perf_counter()
+        start = clock()
         out = fn()
         if out.is_cuda:
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return out, best
 
 
 def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int = 1,
-            warmup: bool = True, shifts_per_pass: int = 1) -> dict[str, Any]:
+            warmup: bool = True, shifts_per_pass: int = 1,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Shift-and-stitch vs rarefaction on ``x`` (batched), optionally truncated at ``layer``.
 
     Both run on an ``eval()`` copy of ``model`` (BatchNorm batch statistics and dropout would make
@@ -743,7 +745,9 @@ def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int =
     ``time_rarefied_s`` (one pass), ``time_build_s`` (probing and building the rarefied copy),
     ``ratio`` (= time_shift_stitch_s / time_rarefied_s: how many times faster one rarefied pass is),
     ``passes`` (forward passes shift-and-stitch made: ``shifts / shifts_per_pass`` rounded up),
-    shapes and dtype. Times are the best of ``repeat`` runs, after one untimed run if ``warmup``.
+    shapes and dtype. Times are the best of ``repeat`` runs, after one untimed run if ``warmup``,
+    measured with ``clock`` (wall time by default; ``time.process_time`` gives CPU time, steadier
+    on a busy machine).
     """
     net = truncate(model, layer)
     net = (copy.deepcopy(model) if net is model else net).eval()
@@ -752,8 +756,8 @@ def compare(model: nn.Module, x: Tensor, layer: str | None = None, repeat: int =
     build = time.perf_counter() - start
     with torch.no_grad():
         stitched, t_shift = _timed(
-            lambda: shift_and_stitch(net, x, geometry.jump, shifts_per_pass), repeat, warmup)
-        dense, t_rare = _timed(lambda: rare(x), repeat, warmup)
+            lambda: shift_and_stitch(net, x, geometry.jump, shifts_per_pass), repeat, warmup, clock)
+        dense, t_rare = _timed(lambda: rare(x), repeat, warmup, clock)
     index = interior(geometry, x.shape[2:], stitched.shape[2:], dense.shape[2:])
     common = [np.arange(min(a, b)) for a, b in zip(stitched.shape[2:], dense.shape[2:])]
     return {
