@@ -65,7 +65,8 @@ CASES = [
     Case("vgg16 features", _vgg16, "16", (3, 112, 112)),
     Case("resnet18", _resnet18, "layer1", (3, 112, 112)),
     Case("resnet18", _resnet18, "layer2", (3, 112, 112)),
-    Case("resnet18", _resnet18, "layer3", (3, 128, 128), quick=False),
+    Case("vgg16 features", _vgg16, "23", (3, 128, 128), quick=False),
+    Case("resnet18", _resnet18, "layer3", (3, 224, 224), quick=False),
 ]
 
 
