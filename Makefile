@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rflens trf torchvision:resnet18 --input 3x224x224
+	$(VENV)/bin/rflens trf torchvision:resnet18 --input 3x224x224 --layers 'conv1' 'maxpool' 'layer?' 'output'
+	$(VENV)/bin/rflens report torchvision:resnet18 --input 3x224x224 --erf-layers layer1 layer2 layer3 -o out/resnet18-report.html
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
