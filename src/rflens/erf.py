@@ -486,12 +486,19 @@ def trf_of_unit(model: nn.Module, input_shape: tuple[int, ...], layer: str | Non
         except Exception:
             return None, "the TRF engine is not available; TRF-relative metrics are NaN"
     try:
-        rf = engine(model, input_shape=tuple(input_shape))
+        first = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if first is not None and first.dtype != torch.float32:  # the engine's default input is float32
+            rf = engine(model, example_inputs=torch.empty((1, *input_shape), dtype=first.dtype,
+                                                          device="meta"))
+        else:
+            rf = engine(model, input_shape=tuple(input_shape))
         name = layer if layer else list(rf.names)[-1]
         if name not in rf.names:
             return None, f"the TRF engine has no layer '{name}'; TRF-relative metrics are NaN"
-        box = tuple((int(lo), int(hi)) for lo, hi in rf.box(name, tuple(unit), clip=False))
         field_ = rf[name]
+        if not getattr(field_, "known", True):
+            return None, f"the TRF engine does not know the field of '{name}'; TRF-relative metrics are NaN"
+        box = tuple((int(lo), int(hi)) for lo, hi in rf.box(name, tuple(unit), clip=False))
         jump = tuple(float(j) for j in _tuple(field_.jump))
         if len(jump) == 1 and len(box) > 1:
             jump = jump * len(box)
@@ -601,8 +608,9 @@ class _Probe:
     that turns a batch of inputs into a batch of reduced ERF maps with one backward pass."""
 
     def __init__(self, model: nn.Module, layer: str | None, settings: _Settings,
-                 dtype: torch.dtype | None, device: torch.device, seed: int) -> None:
+                 dtype: torch.dtype | None, device: torch.device, seed: int, unit: Any) -> None:
         self.original = model
+        self.requested_unit = unit
         self.layer = layer
         self.settings = settings
         self.seed = seed
@@ -616,6 +624,7 @@ class _Probe:
         self.output_shape: tuple[int, ...] | None = None
         self.use_vmap = settings.weights == "random"
         self._modes: dict[nn.Module, bool] = {}
+        self._grads: dict[nn.Parameter, bool] = {}
         self._prepare()
 
     # model preparation --------------------------------------------------------------------------
@@ -631,7 +640,10 @@ class _Probe:
         else:
             model = self.original
             self._modes = {m: m.training for m in model.modules()}
+            self._grads = {p: p.requires_grad for p in model.parameters()}
         model.eval()
+        for p in model.parameters():  # only input gradients are needed: save nothing for weights
+            p.requires_grad_(False)
         weights = self.settings.weights
         if weights == "uniform":
             uniformize(model)
@@ -642,7 +654,7 @@ class _Probe:
         self.model = model
         self.layer_module = find_layer(model, self.layer)
         if weights == "random":
-            self._template = copy.deepcopy(model).to("cpu")
+            self._template = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
     def switch_to_float64(self, reason: str) -> None:
         self.restore()
@@ -652,9 +664,12 @@ class _Probe:
         self._prepare()
 
     def restore(self) -> None:
+        """Give the user's model back its train/eval flags and requires_grad flags."""
         for module, mode in self._modes.items():
             module.train(mode)
-        self._modes = {}
+        for p, flag in self._grads.items():
+            p.requires_grad_(flag)
+        self._modes, self._grads = {}, {}
 
     # one batch -----------------------------------------------------------------------------------
     def maps(self, x: torch.Tensor, first_index: int) -> torch.Tensor:
@@ -670,10 +685,14 @@ class _Probe:
             (grad,) = torch.autograd.grad(picked.sum(), x, allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(x)
-        self.last_grad_abs = grad.detach().abs()
-        return _reduce(grad.detach().to(torch.float64), self.settings.reduce).cpu()
+        maps = _reduce(grad.detach().to(torch.float64), self.settings.reduce)
+        self.underflow_risk = (self.auto_dtype and grad.dtype == torch.float32
+                               and _underflow_risk(maps, self.settings.reduce))
+        return maps.cpu()
 
     def _forward(self, x: torch.Tensor, first_index: int) -> torch.Tensor:
+        if self.settings.weights == "random" and not self.use_vmap:
+            self._load_draw(first_index)
         if not self.use_vmap:
             return forward_to_layer(self.model, self.layer_module, x)
         try:
@@ -686,13 +705,21 @@ class _Probe:
                               "ran one sample at a time")
             raise _Retry from exc
 
+    def _draw(self, index: int) -> dict[str, torch.Tensor]:
+        """The parameters of random draw ``index`` (drawn on the CPU, so devices agree)."""
+        _redraw(self._template, sample_seed(self.seed, index, stream=1))
+        return {n: p.detach().clone() for n, p in self._template.named_parameters()}
+
+    @torch.no_grad()
+    def _load_draw(self, index: int) -> None:
+        draw = self._draw(index)
+        for n, p in self.model.named_parameters():
+            p.copy_(draw[n])
+
     def _vmapped_forward(self, x: torch.Tensor, first_index: int) -> torch.Tensor:
         from torch.func import functional_call, vmap
 
-        draws = []
-        for i in range(x.shape[0]):
-            _redraw(self._template, sample_seed(self.seed, first_index + i, stream=1))
-            draws.append({n: p.detach().clone() for n, p in self._template.named_parameters()})
+        draws = [self._draw(first_index + i) for i in range(x.shape[0])]
         params = {n: torch.stack([d[n] for d in draws]).to(device=self.device, dtype=self.dtype)
                   for n in draws[0]}
         buffers = dict(self.model.named_buffers())
@@ -743,16 +770,15 @@ def _resolve_unit(unit: Any, spatial: tuple[int, ...], layer: str | None) -> tup
     return unit
 
 
-def _underflow_risk(grad_abs: torch.Tensor) -> bool:
-    """True when float32 gradients got within 2**10 of the smallest normal number, or a sample's
-    gradient vanished altogether: deeper tails may have underflowed to 0."""
-    if grad_abs.dtype != torch.float32:
-        return False
-    flat = grad_abs.reshape(grad_abs.shape[0], -1)
-    if bool((flat.amax(dim=1) == 0).any()):
-        return True
-    nonzero = flat[flat > 0]
-    return nonzero.numel() > 0 and float(nonzero.min()) < torch.finfo(torch.float32).tiny * 2**10
+def _underflow_risk(maps: torch.Tensor, reduce: str) -> bool:
+    """True when a float32 run's reduced maps hold values within 2**10 of float32's smallest normal
+    number (squared for ``reduce="square"``): deeper tails may have underflowed to 0. (An all-zero
+    gradient is a dead unit, not underflow.)"""
+    limit = torch.finfo(torch.float32).tiny * 2**10
+    if reduce == "square":
+        limit = limit * limit
+    positive = maps[maps > 0]
+    return positive.numel() > 0 and float(positive.min()) < limit
 
 
 def _memory_budget(device: torch.device, max_memory: int | None) -> int:
@@ -810,9 +836,12 @@ class _Accumulator:
     used: int = 0
     zero: int = 0
     skipped: int = 0
+    exhausted: bool = False
+    largest_pass: int = 0
     bad_indices: list[int] = field(default_factory=list)
 
     def add(self, maps: torch.Tensor, first_index: int) -> None:
+        self.largest_pass = max(self.largest_pass, int(maps.shape[0]))
         arr = maps.numpy()
         flat = arr.reshape(arr.shape[0], -1)
         finite = np.isfinite(flat).all(axis=1)
@@ -826,22 +855,63 @@ class _Accumulator:
         self.used += int(good.shape[0])
 
 
+def _estimate_sample_bytes(probe: _Probe, shape: tuple[int, ...]) -> float | None:
+    """Bytes autograd saves per sample, from two shape-only (meta device) forward passes with batch
+    1 and 2 (parameters cancel out). None when the model cannot run on meta tensors."""
+    from torch.func import functional_call
+
+    try:
+        state = {n: torch.empty_like(t, device="meta") for n, t in
+                 list(probe.model.named_parameters()) + list(probe.model.named_buffers())}
+        totals = []
+        for batch in (1, 2):
+            counter = [0]
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                counter[0] += t.numel() * t.element_size()
+                return t
+
+            x = torch.empty((batch, *shape), device="meta", dtype=probe.dtype, requires_grad=True)
+            call = lambda inp: functional_call(probe.model, state, (inp,))  # noqa: E731
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+                forward_to_layer(probe.model, probe.layer_module, x, call)
+            totals.append(counter[0])
+        return float(max(totals[1] - totals[0], 1))
+    except Exception:
+        return None
+
+
+def _chunk_size(per_sample: float, budget: int, batch_size: int, probe: _Probe) -> int:
+    """Samples per backward pass: the batch size, fewer when twice the saved activations (saved
+    tensors plus the gradients flowing back) would exceed the memory budget."""
+    if probe.settings.weights == "random" and not probe.use_vmap:
+        return 1
+    return int(max(1, min(batch_size, budget // (2 * per_sample))))
+
+
 def _run(probe: _Probe, source: InputSource, shape: tuple[int, ...], samples: int, batch_size: int,
          progress: bool, nonfinite: str, max_memory: int | None) -> _Accumulator:
     acc = _Accumulator()
     stream = source.samples(shape)
-    params = {p.untyped_storage().data_ptr() for p in probe.model.parameters()}
-    chunk = 1  # the first sample alone, to measure memory per sample
     budget = _memory_budget(probe.device, max_memory)
+    per_sample = _estimate_sample_bytes(probe, shape)
+    # without an estimate, the first sample runs alone and its saved tensors are counted
+    chunk = _chunk_size(per_sample, budget, batch_size, probe) if per_sample else 1
     done = 0
+    pending: list[torch.Tensor] = []
     with _progress_bar(progress and samples > batch_size, samples) as advance:
-        pending: list[torch.Tensor] = []
         while done < samples:
-            while len(pending) < min(chunk, samples - done):
-                pending.append(next(stream))
+            while len(pending) < min(chunk, samples - done) and not acc.exhausted:
+                try:
+                    pending.append(next(stream))
+                except StopIteration:
+                    acc.exhausted = True
+            if not pending:
+                break
             x = torch.stack(pending[:chunk])
+            params = {p.untyped_storage().data_ptr() for p in probe.model.parameters()}
             try:
-                with _count_saved_bytes(params) as saved:
+                with _count_saved_bytes(params) if per_sample is None else contextlib.nullcontext({}) as saved:
                     maps = probe.maps(x, done)
             except _Retry:
                 chunk = 1
@@ -854,24 +924,22 @@ def _run(probe: _Probe, source: InputSource, shape: tuple[int, ...], samples: in
                                       "memory; use a smaller input") from exc
                 chunk = max(1, chunk // 2)
                 continue
-            if probe.auto_dtype and probe.dtype == torch.float32 and _underflow_risk(probe.last_grad_abs):
+            if probe.underflow_risk:
                 probe.switch_to_float64(f"switched to float64 at sample {done}: float32 gradients "
                                         "came near underflow")
-                params = {p.untyped_storage().data_ptr() for p in probe.model.parameters()}
                 continue
             acc.add(maps, done)
             done += x.shape[0]
             del pending[:x.shape[0]]
             advance(x.shape[0])
-            if done == x.shape[0]:  # after the first sample: size chunks to the memory budget
-                per_sample = max(saved["bytes"] / x.shape[0], 1)
-                chunk = int(max(1, min(batch_size, budget // (2 * per_sample))))
-                if not probe.use_vmap and probe.settings.weights == "random":
-                    chunk = 1
+            if per_sample is None:
+                per_sample = max(saved["bytes"] / x.shape[0], 1.0)
+                chunk = _chunk_size(per_sample, budget, batch_size, probe)
     if acc.skipped and nonfinite == "raise":
-        raise RflensError(f"{acc.skipped} of {samples} sample(s) gave NaN/Inf input gradients at layer "
-                          f"'{probe.layer}' (first: sample {acc.bad_indices[0]}); try dtype='float64', "
-                          "check the model and inputs, or pass nonfinite='skip' to leave them out")
+        raise RflensError(f"{acc.skipped} of {acc.used + acc.skipped} sample(s) gave NaN/Inf input "
+                          f"gradients at layer '{probe.layer}' (first: sample {acc.bad_indices[0]}); "
+                          "try dtype='float64', check the model and inputs, or pass nonfinite='skip' "
+                          "to leave them out")
     return acc
 
 
@@ -930,20 +998,24 @@ def effective_receptive_field(model: nn.Module | str, layer: str | None = None,
     notes: list[str] = []
     count = settings.samples
     if source.count is not None and source.count < count:
-        if preset is None and samples is not None:
-            notes.append(f"asked for {count} samples but {source.description} has {source.count}; used "
-                         f"{source.count}")
+        if samples is not None or preset is not None:
+            notes.append(f"asked for {count} samples but the inputs ({source.description}) hold "
+                         f"{source.count}; used {source.count} (pass a folder with more images)")
         count = source.count
     dev = torch.device(device) if device is not None else _model_device(net)
-    probe = _Probe(net, layer, settings, _resolve_dtype(dtype, settings), dev, seed)
-    probe.requested_unit = unit
+    probe = _Probe(net, layer, settings, _resolve_dtype(dtype, settings), dev, seed, unit)
     try:
         acc = _run(probe, source, shape, count, settings.batch_size, progress, nonfinite, max_memory)
     finally:
         probe.restore()
+    if acc.used + acc.skipped == 0:
+        raise RflensError(f"the inputs ({source.description}) gave no samples")
     if acc.used == 0:
-        raise RflensError(f"no usable samples: all {count} gave NaN/Inf gradients")
+        raise RflensError(f"no usable samples: all {acc.skipped} gave NaN/Inf gradients")
     raw = acc.total / acc.used
+    if acc.exhausted and samples is not None and acc.used + acc.skipped < samples:
+        notes.append(f"asked for {samples} samples but the inputs ran out after "
+                     f"{acc.used + acc.skipped}")
     notes += probe.notes
     if acc.skipped:
         notes.append(f"left out {acc.skipped} sample(s) with NaN/Inf gradients "
@@ -956,6 +1028,7 @@ def effective_receptive_field(model: nn.Module | str, layer: str | None = None,
     used_settings = {"inputs": source.description, "weights": settings.weights,
                      "activations": settings.activations, "reduce": settings.reduce,
                      "readout": settings.readout, "batch_size": settings.batch_size,
+                     "largest_pass": acc.largest_pass,
                      "dtype": str(probe.dtype).removeprefix("torch."), "seed": seed,
                      "preset": preset, "device": str(dev)}
     return build_result(raw, model=name, layer=layer, input_shape=shape,
@@ -981,8 +1054,9 @@ def build_result(raw: np.ndarray, *, model: str, layer: str | None, input_shape:
                               outside_method=outside_method)
     notes = list(notes)
     if metrics.outside_fraction > OUTSIDE_WARN:
+        where = f"layer '{layer}'" if layer else "the model output"
         notes.append(f"the input {'x'.join(map(str, input_shape))} is too small for the field of "
-                     f"'{layer}': about {metrics.outside_fraction:.1%} of the ERF mass falls outside it "
+                     f"{where}: about {metrics.outside_fraction:.1%} of the ERF mass falls outside it "
                      f"({metrics.outside_method}); use a larger input")
     for note in notes:
         warnings.warn(note, ERFWarning, stacklevel=3)

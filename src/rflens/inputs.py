@@ -109,7 +109,7 @@ def _tensor(t: torch.Tensor, shape: tuple[int, ...]) -> InputSource:
 
 
 def _iterable(items: Iterable) -> InputSource:
-    count = len(items) if hasattr(items, "__len__") and not hasattr(items, "batch_size") else None
+    count = None  # items may be single samples or batches: known only once read
 
     def gen(shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
         for item in items:
@@ -122,8 +122,7 @@ def _iterable(items: Iterable) -> InputSource:
                 raise RflensError(f"an item of the inputs iterable has shape {tuple(t.shape)}, "
                                   f"expected {_fmt(shape)} or a batch of those")
 
-    name = type(items).__name__
-    return InputSource("iterable", f"{name}" + (f" of {count} item(s)" if count else ""), count, gen)
+    return InputSource("iterable", type(items).__name__, count, gen)
 
 
 def _tensor_of(item: Any) -> torch.Tensor:

@@ -24,7 +24,8 @@ import numpy as np
 
 __all__ = [
     "MASS_LEVELS", "HCA_THRESHOLDS", "GaussianFit", "ERFMetrics", "marginals", "moments",
-    "fit_gaussian_1d", "gaussian_fit", "central_extent", "mass_radius", "high_contribution_area",
+    "fit_gaussian_1d", "gaussian_fit", "central_extent", "mass_radius", "mass_radii",
+    "high_contribution_area",
     "log_scale", "gaussian_outside_fraction", "box_outside_fraction", "reference_pixel",
     "compute_metrics",
 ]
@@ -185,20 +186,27 @@ def central_extent(values: np.ndarray, p: float) -> tuple[float, ...]:
 def mass_radius(values: np.ndarray, p: float, center: tuple[float, ...] | None = None) -> float:
     """Smallest Euclidean distance ``r`` (pixels, from ``center``, default the centre of mass) such that
     the pixels whose centres lie within ``r`` hold at least a fraction ``p`` of the mass (raw)."""
+    return mass_radii(values, (p,), center)[0]
+
+
+def mass_radii(values: np.ndarray, levels: tuple[float, ...],
+               center: tuple[float, ...] | None = None) -> tuple[float, ...]:
+    """:func:`mass_radius` for several levels with one sort."""
     m = _as_map(values)
     total = m.sum()
-    if total <= 0 or not 0 < p <= 1:
-        return NAN
+    if total <= 0:
+        return tuple(NAN for _ in levels)
     if center is None:
         center = moments(m)[0]
     grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in m.shape], indexing="ij")
     dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, center))).ravel()
     order = np.argsort(dist, kind="stable")
     cum = np.cumsum(m.ravel()[order])
-    idx = int(np.searchsorted(cum, p * total * (1 - 1e-12), side="left"))
-    if idx >= cum.size:
-        return NAN
-    return float(dist[order][idx])
+    out = []
+    for p in levels:
+        idx = int(np.searchsorted(cum, p * total * (1 - 1e-12), side="left")) if 0 < p <= 1 else cum.size
+        out.append(float(dist[order[idx]]) if idx < cum.size else NAN)
+    return tuple(out)
 
 
 def reference_pixel(values: np.ndarray, center: tuple[float, ...] | None = None) -> tuple[int, ...]:
@@ -405,7 +413,7 @@ def compute_metrics(raw: np.ndarray, trf_size: tuple[int, ...] | None = None,
         sigma=tuple(f.sigma for f in fits), center=tuple(f.center for f in fits),
         r2=tuple(f.r2 for f in fits), mean=mean, std=std, reference_pixel=ref,
         radius_center=radius_center,
-        mass_radius={p: mass_radius(m, p, radius_center) for p in MASS_LEVELS},
+        mass_radius=dict(zip(MASS_LEVELS, mass_radii(m, MASS_LEVELS, radius_center))),
         extent=extent, erf_trf_ratio=ratio,
         hca_raw={t: v[1] for t, v in hca["raw"].items()},
         hca_log10={t: v[1] for t, v in hca["log10"].items()},
