@@ -60,6 +60,7 @@ class AxisMap:
     @staticmethod
     def from_arrays(lo: np.ndarray, hi: np.ndarray, period: int, shift: int,
                     exact_units: int | None = None) -> "AxisMap":
+        lo, hi = _canonical_empties(np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
         return AxisMap(int(period), int(shift), tuple(int(v) for v in lo), tuple(int(v) for v in hi),
                        exact_units)._canonical()
 
@@ -75,6 +76,10 @@ class AxisMap:
     def interval(self, unit: int) -> Interval:
         lo, hi = self.evaluate(np.array([unit]))
         return int(lo[0]), int(hi[0])
+
+    @property
+    def has_no_empty(self) -> bool:
+        return all(lo <= hi for lo, hi in zip(self.lo_table, self.hi_table))
 
     # summary numbers ----------------------------------------------------------------------
     @property
@@ -125,48 +130,64 @@ class AxisMap:
         return self
 
 
-def compose(below: AxisMap, reads: AxisMap) -> AxisMap:
+def _canonical_empties(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empty entries become ``(1, 0)`` (any lo > hi marks an empty unit; one form keeps tables
+    comparable)."""
+    empty = lo > hi
+    if empty.any():
+        lo, hi = np.where(empty, 1, lo), np.where(empty, 0, hi)
+    return lo, hi
+
+
+def _hull_over_taps(below: AxisMap, a: np.ndarray, b: np.ndarray, step: int):
+    """Per output unit, the hull of the fields of units ``a, a+step, ..., <= b`` of ``below``,
+    skipping empty units; empty (lo > hi) when there are none. With no empty units, step 1 and
+    a non-decreasing map the endpoints suffice."""
+    # periodic maps built by rflens are non-decreasing; explicit tables (unions of different
+    # jumps, spatial concatenation) need not be
+    if step == 1 and below.exact_units is None and below.has_no_empty and bool((a <= b).all()):
+        lo, _ = below.evaluate(a)
+        _, hi = below.evaluate(b)
+        return lo, hi
+    width = int(max(((b - a) // step + 1).max(initial=1), 1))
+    taps = a[:, None] + step * np.arange(width, dtype=np.int64)[None, :]
+    valid = taps <= b[:, None]
+    tl, th = below.evaluate(taps)
+    ok = valid & (tl <= th)
+    big = np.int64(1) << 60
+    lo = np.where(ok, tl, big).min(axis=1)
+    hi = np.where(ok, th, -big).max(axis=1)
+    none = ~ok.any(axis=1)
+    return np.where(none, 1, lo), np.where(none, 0, hi)
+
+
+def compose(below: AxisMap, reads: AxisMap, units: int | None = None, step: int = 1) -> AxisMap:
     """Field of a layer whose units read ``reads(o)`` (intervals of units of the map ``below``).
 
     ``below`` maps units of the layer's input to input pixels; the result maps the layer's output
-    units to input pixels. Exact because both maps are non-decreasing.
+    units to input pixels. Exact because both maps are non-decreasing. When either map is only
+    exact on a range (an explicit table), the result is tabulated over ``units`` output units.
     """
-    m = below.period // math.gcd(reads.shift, below.period)
+    if below.exact_units is not None or reads.exact_units is not None:
+        n = max(units if units is not None else (reads.exact_units or below.exact_units or 1), 1)
+        a, b = reads.evaluate(np.arange(n, dtype=np.int64))
+        return _explicit(*_hull_over_taps(below, a, b, step))
+    m = below.period // math.gcd(reads.shift, below.period)  # taps move by whole periods of below
     period = reads.period * m
     units = np.arange(period + 1, dtype=np.int64)
     a, b = reads.evaluate(units)
-    lo, _ = below.evaluate(a)
-    _, hi = below.evaluate(b)
-    shift = int(lo[period] - lo[0])
-    exact = None
-    if below.exact_units is not None or reads.exact_units is not None:
-        limits = [reads.exact_units, _units_within(reads, below.exact_units)]
-        exact = min(v for v in limits if v is not None)
-    if exact is not None:
-        # explicit table over the exact range; extrapolate beyond it
-        n = max(int(exact), 1)
-        units = np.arange(n, dtype=np.int64)
-        a, b = reads.evaluate(units)
-        lo, _ = below.evaluate(a)
-        _, hi = below.evaluate(b)
-        return _explicit(lo, hi)
+    lo, hi = _hull_over_taps(below, a, b, step)
+    shift = reads.shift * m // below.period * below.shift
     return AxisMap.from_arrays(lo[:period], hi[:period], period, shift)
-
-
-def _units_within(reads: AxisMap, below_units: int | None) -> int | None:
-    """How many leading output units read only exact units of the map below."""
-    if below_units is None:
-        return None
-    jump = reads.jump
-    bound = reads.period * 2 + (int(below_units / jump) if jump > 0 else below_units) + 2
-    _, b = reads.evaluate(np.arange(bound + 1, dtype=np.int64))
-    return int(np.searchsorted(b, below_units, side="left"))
 
 
 def _explicit(lo: np.ndarray, hi: np.ndarray) -> AxisMap:
     """A map exact on units ``0..len(lo)-1``, extrapolated periodically beyond."""
+    lo, hi = _canonical_empties(np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
+    full = lo <= hi
+    span = (hi[full].max() - lo[full].min()) if full.any() else 0
+    shift = int(max(span, 0)) + 1
     n = len(lo)
-    shift = int(max(lo[-1] - lo[0], hi[-1] - hi[0], 0)) + 1
     return AxisMap(n, shift, tuple(int(v) for v in lo), tuple(int(v) for v in hi), n)
 
 
@@ -193,8 +214,7 @@ def union(maps: list[AxisMap], units: int) -> AxisMap:
     lo = np.where(empty, big, lo_stack).min(axis=0)
     hi = np.where(empty, -big, hi_stack).max(axis=0)
     all_empty = empty.all(axis=0)
-    lo = np.where(all_empty, lo_stack.max(axis=0), lo)
-    hi = np.where(all_empty, hi_stack.min(axis=0), hi)
+    lo, hi = np.where(all_empty, 1, lo), np.where(all_empty, 0, hi)
     if period is None:
         return _explicit(lo, hi)
     shift = int(next(iter(jumps)) * period)
@@ -250,22 +270,12 @@ def transposed_conv_reads(kernel: int, stride: int, padding: int, dilation: int 
 
 
 def _fill_empties(lo: list, hi: list, period: int, shift: int) -> AxisMap:
-    """Give empty units the lo of the next and the hi of the previous non-empty unit."""
+    """A periodic reads map whose ``None`` entries are units that read nothing (empty)."""
     if all(v is None for v in lo):
         raise ValueError("a layer whose units read nothing at all")
-    q = period
-    lo_f, hi_f = list(lo), list(hi)
-    for r in range(q):
-        if lo[r] is None:
-            k = 1
-            while lo[(r + k) % q] is None:
-                k += 1
-            lo_f[r] = lo[(r + k) % q] + ((r + k) // q) * shift
-            k = 1
-            while hi[(r - k) % q] is None:
-                k += 1
-            hi_f[r] = hi[(r - k) % q] + ((r - k) // q) * shift
-    return AxisMap.from_arrays(np.array(lo_f), np.array(hi_f), q, shift)
+    lo_f = np.array([1 if v is None else v for v in lo])
+    hi_f = np.array([0 if v is None else v for v in hi])
+    return AxisMap.from_arrays(lo_f, hi_f, period, shift)
 
 
 def resample_reads(source_lo: "callable", source_hi: "callable", in_units: int, out_units: int,

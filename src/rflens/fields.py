@@ -22,8 +22,11 @@ class Factor:
     """One factor of a tensor dimension.
 
     ``field`` is the *geometric* field (periodic, extends into padding: the unclipped box and the
-    summary numbers R, J, P). ``lo``/``hi`` hold, for each of the ``size`` units, the exact hull of
-    the input pixels it depends on (clipped to the image; empty when ``lo > hi``).
+    summary numbers R, J, P). ``lo``/``hi`` (int64, shape ``(components, size)``) hold the exact
+    hull of the input pixels each unit depends on (clipped to the image; empty when ``lo > hi``),
+    once per *component*: the field of a tensor is the union over components of the product of
+    their per-axis hulls. Usually there is one component; paths that are empty (in padding) on
+    different axes for the same unit need several, because such a union is not a product.
     """
 
     size: int
@@ -116,3 +119,55 @@ def flags_of(fields: list[TensorField]) -> dict:
         unknown=frozenset().union(*(f.unknown for f in fields)),
         lost=frozenset().union(*(f.lost for f in fields)),
     )
+
+
+_BIG = np.int64(1) << 60
+MAX_COMPONENTS = 16
+
+
+def collapse(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis union of all components of one factor (one component; ignores empty entries)."""
+    ok = lo <= hi
+    mlo = np.where(ok, lo, _BIG).min(axis=0, keepdims=True)
+    mhi = np.where(ok, hi, -_BIG).max(axis=0, keepdims=True)
+    return mlo, mhi
+
+
+def compact(field: TensorField) -> TensorField:
+    """Merge components that are non-empty on exactly the same units on every axis (their union
+    is then the per-axis union: exact), drop components empty on some whole axis, and collapse to
+    one component if the factors disagree on the count or too many remain."""
+    factors = [f for dim in field.dims for f in dim if f.axis is not None] + list(field.extra)
+    if not factors:
+        return field
+    counts = {f.lo.shape[0] for f in factors}
+    if counts == {1}:
+        return field
+    if len(counts) == 1:
+        c = counts.pop()
+        masks = [f.lo <= f.hi for f in factors]
+        alive = np.all([m.any(axis=1) for m in masks], axis=0)
+        groups: dict[bytes, list[int]] = {}
+        for k in np.nonzero(alive)[0]:
+            key = b"".join(np.packbits(m[k]).tobytes() + b"|" for m in masks)
+            groups.setdefault(key, []).append(int(k))
+        rows = list(groups.values()) or [[0]]
+        if len(rows) <= MAX_COMPONENTS:
+            return _rebuild(field, lambda f: _merge_rows(f, rows))
+    return _rebuild(field, lambda f: collapse(f.lo, f.hi))
+
+
+def _merge_rows(f: Factor, rows: list[list[int]]):
+    parts = [collapse(f.lo[r], f.hi[r]) for r in rows]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _rebuild(field: TensorField, fn) -> TensorField:
+    def fix(f: Factor) -> Factor:
+        if f.axis is None:
+            return f
+        lo, hi = fn(f)
+        return Factor(f.size, f.axis, f.field, lo, hi)
+
+    dims = tuple(tuple(fix(f) for f in dim) for dim in field.dims)
+    return replace(field, dims=dims, extra=tuple(fix(f) for f in field.extra))

@@ -9,7 +9,7 @@ import numpy as np
 
 from rflens.arithmetic import AxisMap
 from rflens.capture import _INPLACE_WRITEBACK, Capture, Node, TensorRef
-from rflens.fields import Factor, TensorField, dim_size, flags_of, is_spatial, plain, spatial
+from rflens.fields import Factor, TensorField, compact, dim_size, flags_of, is_spatial, plain, spatial
 from rflens.rules import Arg, OpCall, lookup
 from rflens.rules.merge import broadcast_merge
 
@@ -54,7 +54,7 @@ def input_field(shape: tuple[int, ...], n_spatial: int) -> TensorField:
     lead = len(shape) - n_spatial
     dims = [plain(s) for s in shape[:lead]]
     for k, n in enumerate(shape[lead:]):
-        idx = np.arange(n, dtype=np.int64)
+        idx = np.arange(n, dtype=np.int64)[None, :]
         dims.append(spatial(n, k, AxisMap.identity(), idx, idx.copy()))
     return TensorField(tuple(dims))
 
@@ -132,7 +132,7 @@ def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
     outs = None
     if rule is not None:
         try:
-            outs = list(rule(call))
+            outs = [compact(f) if f is not None else None for f in rule(call)]
         except Exception as exc:  # a rule that cannot handle these arguments: report, never guess
             reason = f"its rule failed ({type(exc).__name__}: {exc})"
         else:

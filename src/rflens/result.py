@@ -121,34 +121,35 @@ class LayerField:
         """Inclusive input interval ``(lo, hi)`` per axis seen by ``unit`` (one index per axis).
 
         ``clip=False``: the geometric field, which may reach into padding (negative or past the
-        border). ``clip=True``: the exact hull of the real input pixels the unit depends on (None
+        border); None for a unit that reads nothing (a transposed convolution's gaps). ``clip=True``: the exact hull of the real input pixels the unit depends on (None
         when it depends on none, e.g. a unit computed from padding only)."""
         unit = self._check_unit(unit)
-        out = []
-        for u, f in zip(unit, self.factors):
-            if clip:
-                lo, hi = int(f.lo[u]), int(f.hi[u])
-                if lo > hi:
-                    return None
-                out.append((lo, hi))
-            else:
-                out.append(f.field.interval(u))
-        return tuple(out)
+        if not clip:
+            box = tuple(f.field.interval(u) for u, f in zip(unit, self.factors))
+            return None if any(lo > hi for lo, hi in box) else box
+        los = [f.lo[:, u] for u, f in zip(unit, self.factors)]
+        his = [f.hi[:, u] for u, f in zip(unit, self.factors)]
+        present = np.all([lo <= hi for lo, hi in zip(los, his)], axis=0)
+        if not present.any():
+            return None
+        return tuple((int(lo[present].min()), int(hi[present].max())) for lo, hi in zip(los, his))
 
     def units_seeing(self, pixel) -> tuple[tuple[int, int], ...] | None:
-        """Per axis, the inclusive range of units whose (exact) field contains ``pixel``; None if
-        no unit sees it."""
+        """Per axis, the inclusive range of units whose (exact) field contains ``pixel`` (the
+        bounding box of those units); None if no unit sees it."""
         pixel = (pixel,) if isinstance(pixel, (int, np.integer)) else tuple(pixel)
         if not self.known:
             raise RflensError(f"the field of layer {self.name!r} is unknown: no inverse map")
         if len(pixel) != len(self.factors):
             raise RflensError(f"pixel {pixel} needs {len(self.factors)} coordinates")
+        hits = [(f.lo <= p) & (p <= f.hi) for p, f in zip(pixel, self.factors)]  # (components, units)
+        seeing = np.all([h.any(axis=1) for h in hits], axis=0)  # components that see it on every axis
+        if not seeing.any():
+            return None
         out = []
-        for p, f in zip(pixel, self.factors):
-            hit = np.nonzero((f.lo <= p) & (p <= f.hi))[0]
-            if hit.size == 0:
-                return None
-            out.append((int(hit[0]), int(hit[-1])))
+        for h in hits:
+            units = np.nonzero(h[seeing].any(axis=0))[0]
+            out.append((int(units[0]), int(units[-1])))
         return tuple(out)
 
     # serialisation ------------------------------------------------------------------------

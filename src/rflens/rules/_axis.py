@@ -30,15 +30,16 @@ def taps_of(reads: AxisMap, n_out: int, n_in: int, step: int = 1, clamp: bool = 
 
 
 def gather_hull(lo: np.ndarray, hi: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact hull of the input pixels behind each row of taps (empty rows: lo > hi)."""
+    """Exact hull of the input pixels behind each row of taps, per component (``lo``/``hi`` of
+    shape ``(components, n_in)``; result ``(components, n_out)``; empty: lo > hi)."""
+    c, n = lo.shape[0], taps.shape[0]
     if taps.shape[1] == 0:
-        n = taps.shape[0]
-        return np.full(n, _BIG), np.full(n, -_BIG)
+        return np.full((c, n), _BIG), np.full((c, n), -_BIG)
     valid = taps >= 0
     t = np.where(valid, taps, 0)
-    plo, phi = lo[t], hi[t]
-    ok = valid & (plo <= phi)
-    return np.where(ok, plo, _BIG).min(axis=1), np.where(ok, phi, -_BIG).max(axis=1)
+    plo, phi = lo[:, t], hi[:, t]
+    ok = valid[None] & (plo <= phi)
+    return np.where(ok, plo, _BIG).min(axis=2), np.where(ok, phi, -_BIG).max(axis=2)
 
 
 def apply_reads(f: Factor, reads: AxisMap, n_out: int, taps: np.ndarray | None = None,
@@ -49,7 +50,7 @@ def apply_reads(f: Factor, reads: AxisMap, n_out: int, taps: np.ndarray | None =
     if taps is None:
         taps = taps_of(reads, n_out, f.size, step)
     lo, hi = gather_hull(f.lo, f.hi, taps)
-    return Factor(n_out, f.axis, compose(f.field, reads), lo, hi)
+    return Factor(n_out, f.axis, compose(f.field, reads, n_out, step), lo, hi)
 
 
 def reduce_factor(f: Factor) -> Factor:
@@ -127,12 +128,10 @@ def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[in
         if not aligned(maps, f0.size):
             call.misalignments.append(Misalignment(
                 f0.axis, tuple((p, *describe(d[k].field)) for p, d in spatial)))
-        lo = np.stack([f.lo for f in parts])
-        hi = np.stack([f.hi for f in parts])
-        ok = lo <= hi
-        mlo = np.where(ok, lo, _BIG).min(axis=0)
-        mhi = np.where(ok, hi, -_BIG).max(axis=0)
-        out.append(Factor(f0.size, f0.axis, union(maps, f0.size), mlo, mhi))
+        # paths become components; compact() merges them again where that stays exact
+        lo = np.concatenate([f.lo for f in parts])
+        hi = np.concatenate([f.hi for f in parts])
+        out.append(Factor(f0.size, f0.axis, union(maps, f0.size), lo, hi))
     return tuple(out)
 
 

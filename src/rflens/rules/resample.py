@@ -46,16 +46,19 @@ def resample_reads(mode: str, r: Fraction, align_corners: bool) -> AxisMap:
 
 
 def resample_taps(mode: str, r: Fraction, align_corners: bool, n_out: int, n_in: int) -> np.ndarray:
-    """Input units each output unit really reads (PyTorch's border clamping)."""
-    rows = []
+    """Input units each output unit really reads: every tap from the first to the last source
+    unit, clamped onto the border as PyTorch does (linear also clamps a negative source to 0)."""
+    width = 4 if mode == "bicubic" else 2
+    rows = np.full((n_out, width), -1, dtype=np.int64)
     for o in range(n_out):
         a, b = source_interval(mode, o, r, align_corners)
         if mode == "linear" and not align_corners:
             s = (o + Fraction(1, 2)) * r - Fraction(1, 2)
             if s < 0:
                 a = b = 0
-        rows.append([min(max(a, 0), n_in - 1), min(max(b, 0), n_in - 1)])
-    return np.array(rows, dtype=np.int64).reshape(n_out, 2)
+        taps = np.clip(np.arange(a, b + 1), 0, n_in - 1)
+        rows[o, : len(taps)] = taps
+    return rows
 
 
 def _ratio(n_in: int, n_out: int, scale, align_corners: bool) -> Fraction:

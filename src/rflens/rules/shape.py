@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from rflens.arithmetic import AxisMap, explicit_reads
-from rflens.fields import Dim, Factor, TensorField, dim_size, flags_of
+from rflens.fields import Dim, Factor, TensorField, collapse, dim_size, flags_of
 from rflens.rules._axis import apply_reads, merge_dims, normalise, taps_of
 from rflens.rules.merge import broadcast_merge
 from rflens.rules.registry import Arg, OpCall, register
@@ -174,18 +174,19 @@ def _concat_spatial(args: list[Arg], d: int, n_out: int, axis: int) -> Factor:
         n = a.shape[d]
         f = a.field.dims[d][0] if a.field is not None else None
         if f is None or f.axis != axis:
-            los.append(np.full(n, 1, dtype=np.int64))
-            his.append(np.full(n, 0, dtype=np.int64))
+            los.append(np.full((1, n), 1, dtype=np.int64))
+            his.append(np.full((1, n), 0, dtype=np.int64))
             glo.append(np.full(n, 1, dtype=np.int64))
             ghi.append(np.full(n, 0, dtype=np.int64))
             continue
-        los.append(f.lo)
-        his.append(f.hi)
+        lo, hi = collapse(f.lo, f.hi)  # pieces may have different component counts
+        los.append(lo)
+        his.append(hi)
         gl, gh = f.field.evaluate(np.arange(n))
         glo.append(gl)
         ghi.append(gh)
     fmap = explicit_reads(np.concatenate(glo), np.concatenate(ghi))
-    return Factor(n_out, axis, fmap, np.concatenate(los), np.concatenate(his))
+    return Factor(n_out, axis, fmap, np.concatenate(los, axis=1), np.concatenate(his, axis=1))
 
 
 @register("cat", "concat", "concatenate", "stack", "hstack", "vstack")
@@ -256,7 +257,7 @@ def repeat(call: OpCall) -> list:
             idx = np.arange(shape[k]) % n
             f = dim[0]
             gl, gh = f.field.evaluate(idx)
-            dims.append((Factor(shape[k], f.axis, explicit_reads(gl, gh), f.lo[idx], f.hi[idx]),))
+            dims.append((Factor(shape[k], f.axis, explicit_reads(gl, gh), f.lo[:, idx], f.hi[:, idx]),))
         else:
             dims.append((Factor(shape[k]),))
     return [x.field.with_dims(dims)]

@@ -22,7 +22,7 @@ def per_axis(value, n: int) -> list[int]:
 
 
 def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool = True,
-                   taps_for=None) -> TensorField:
+                   taps_for=None, step_for=None) -> TensorField:
     """Field of an op that reads along the last ``n_spatial`` dimensions of ``x`` with
     ``reads_for(k) -> AxisMap`` on the k-th of them; dimension 1 becomes a plain channel
     dimension when ``channels_plain``."""
@@ -41,7 +41,8 @@ def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool
             continue
         reads = reads_for(k)
         taps = taps_for(k, reads, n_out, f.size) if taps_for else None
-        dims[d] = (apply_reads(f, reads, n_out, taps),)
+        step = step_for(k) if step_for else 1
+        dims[d] = (apply_reads(f, reads, n_out, taps, step),)
     if channels_plain and nd - n_spatial >= 2:
         dims[1] = (Factor(out_shape[1]),)
     return field.with_dims(dims, lost=frozenset(lost))
@@ -65,11 +66,14 @@ def convolution(call: OpCall) -> list:
             return transposed_conv_reads(kernel[k], stride[k], padding[k], dilation[k])
         return window_reads(kernel[k], stride[k], padding[k], dilation[k])
 
-    def taps(k, r, n_out, n_in):
-        step = 1 if transposed else dilation[k]
-        return taps_of(r, n_out, n_in, step)
+    def step(k: int) -> int:
+        # a transposed conv's taps i = (o + p - j*d)/s are d/gcd(s, d) apart
+        return dilation[k] // math.gcd(stride[k], dilation[k]) if transposed else dilation[k]
 
-    out = spatial_update(x, call.out_shapes[0], n, reads, taps_for=taps)
+    def taps(k, r, n_out, n_in):
+        return taps_of(r, n_out, n_in, step(k))
+
+    out = spatial_update(x, call.out_shapes[0], n, reads, taps_for=taps, step_for=step)
     others = [a.field for a in (w, call.arg(2, "bias")) if getattr(a, "field", None) is not None]
     if others:  # weights computed from the input (dynamic convolution): a global dependency
         out = out.with_dims(out.dims, is_global=True)
@@ -89,7 +93,8 @@ def _pool(call: OpCall, n: int, has_dilation: bool) -> list:
     out = spatial_update(x, call.out_shapes[0], n,
                          lambda k: window_reads(kernel[k], stride[k], padding[k], dilation[k]),
                          channels_plain=False,
-                         taps_for=lambda k, r, n_out, n_in: taps_of(r, n_out, n_in, dilation[k]))
+                         taps_for=lambda k, r, n_out, n_in: taps_of(r, n_out, n_in, dilation[k]),
+                         step_for=lambda k: dilation[k])
     return [out for _ in call.out_shapes]
 
 
