@@ -278,3 +278,13 @@ def test_strided_graph_field_past_the_border_is_reported_unclipped():
     np.testing.assert_allclose(a.map, big[lo + margin:hi + margin + 1, lo + margin:hi + margin + 1],
                                rtol=1e-9, atol=1e-15)
     assert big.sum() == pytest.approx(a.map.sum())  # the box holds every path
+
+
+def test_enlargement_beyond_the_memory_budget_falls_back_to_a_flagged_clipped_map():
+    model = set_mean_weights(Graph([nn.Conv2d(1, 2, 3, padding=1), Residual(2, 5), Residual(2, 3)]))
+    shape = (1, 7, 7)  # TRF 15 around unit 3: needs 4 pixels of margin on each side
+    a = analytic_erf(model, None, shape, max_memory=1)
+    assert a.clipped and a.box == ((0, 6), (0, 6))
+    np.testing.assert_allclose(a.map, forward_oracle(model, shape, (3, 3)), rtol=1e-9, atol=1e-15)
+    b = analytic_erf(model, None, shape)
+    assert not b.clipped and b.box == ((-4, 10), (-4, 10))

@@ -338,7 +338,7 @@ def _outer(parts: Sequence[np.ndarray], op: np.ufunc) -> np.ndarray:
 # --- graphs ---------------------------------------------------------------------------------------
 
 def _graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
-               unit: Any) -> AnalyticERF:
+               unit: Any, max_memory: int | None = None) -> AnalyticERF:
     from rflens.erf import (_resolve_unit, find_layer, forward_to_layer, linear_mode, trf_of_unit,
                             uniformize)
 
@@ -351,6 +351,8 @@ def _graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...]
     unit_t = _resolve_unit(unit, tuple(y.shape[2:]), layer)
     trf, _ = trf_of_unit(model, input_shape, layer, unit_t)
     margins = _margins(trf, input_shape[1:])
+    if not _affordable(work, target, input_shape, margins, max_memory):
+        margins = [(0, 0) for _ in margins]  # too big to enlarge: the border cuts paths (flagged)
     big_shape = (input_shape[0],) + tuple(n + a + b for n, (a, b) in zip(input_shape[1:], margins))
     big_unit = tuple(u + a // int(j) for u, (a, _), j in
                      zip(unit_t, margins, trf.jump if trf else (1,) * len(unit_t)))
@@ -374,6 +376,18 @@ def _graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...]
                        input_shape=tuple(input_shape), unit=unit_t, box=tuple(box), map=m,
                        log10_map=logs, axis_counts=None, exact=False, clipped=clipped,
                        jump=trf.jump if trf else None)
+
+
+def _affordable(model: nn.Module, target: nn.Module | None, shape: tuple[int, ...],
+                margins: list[tuple[int, int]], max_memory: int | None) -> bool:
+    """True when one float64 backward on the enlarged input fits the memory budget."""
+    from rflens.erf import memory_budget, saved_bytes
+
+    if not any(a or b for a, b in margins):
+        return True
+    big = (shape[0],) + tuple(n + a + b for n, (a, b) in zip(shape[1:], margins))
+    need = saved_bytes(model, target, big, torch.float64)
+    return need is None or 2 * need <= memory_budget(torch.device("cpu"), max_memory)
 
 
 def _fits(box: tuple, margins: list, spatial: tuple[int, ...]) -> bool:
@@ -419,14 +433,16 @@ def _touches_border(m: np.ndarray) -> bool:
 
 def analytic_erf(model_or_spec: nn.Module | str | Sequence[Any], layer: str | None = None,
                  input_shape: Sequence[int] | str | None = None, unit: Any = "center",
-                 ndim: int = 2) -> AnalyticERF:
+                 ndim: int = 2, max_memory: int | None = None) -> AnalyticERF:
     """The analytic (path-count) ERF of a unit of ``layer``.
 
     ``model_or_spec``: a chain spec list (see :func:`parse_chain`; ``ndim`` spatial axes), an
     ``nn.Module`` or a MODEL string. Chains (also ``nn.Sequential`` chains) give exact integer path
     counts; other graphs need ``input_shape`` ``(C, *spatial)`` and are computed in float64 (see the
     module docstring). ``unit``: ``"center"`` (index ``n // 2`` per output axis, needs an input
-    shape for chains; without one the unit is 0) or a tuple of indices.
+    shape for chains; without one the unit is 0) or a tuple of indices. ``max_memory`` (bytes,
+    default as :func:`rflens.erf.memory_budget`) bounds the enlarged input of a graph; beyond it
+    the field is computed on the given input and ``clipped`` says whether the border cut paths.
     """
     meta: dict = {}
     if isinstance(model_or_spec, str):
@@ -451,7 +467,7 @@ def analytic_erf(model_or_spec: nn.Module | str | Sequence[Any], layer: str | No
         return _chain_erf(chain, dims, shape, unit, layer)
     if shape is None:
         raise RflensError("the analytic ERF of a non-chain model needs input_shape, e.g. (3, 224, 224)")
-    return _graph_erf(model_or_spec, layer, shape, unit)
+    return _graph_erf(model_or_spec, layer, shape, unit, max_memory)
 
 
 def _shape(input_shape: Any, meta: dict) -> tuple[int, ...] | None:

@@ -143,9 +143,15 @@ class ERFResult:
         np.save(path, self.raw)
 
     def plot(self, path: str | os.PathLike | io.BytesIO, log: bool = False) -> None:
-        """Write a PNG heat map (with the clipped TRF box) to ``path``."""
-        plot_map(self.raw, path, box=self.trf.box if self.trf else None, log=log,
-                 title=f"ERF of {self.layer or 'output'} at unit {self.unit} ({self.method})")
+        """Write a PNG heat map (with the clipped TRF box) to ``path``: :func:`rflens.plot.erf_map`
+        when that module is there, else the minimal :func:`plot_map`."""
+        try:
+            from rflens import plot
+        except ImportError:
+            plot_map(self.raw, path, box=self.trf.box if self.trf else None, log=log,
+                     title=f"ERF of {self.layer or 'output'} at unit {self.unit} ({self.method})")
+            return
+        plot.save(plot.erf_map(self, log=log), path)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         m = self.metrics
@@ -781,6 +787,12 @@ def _underflow_risk(maps: torch.Tensor, reduce: str) -> bool:
     return positive.numel() > 0 and float(positive.min()) < limit
 
 
+def memory_budget(device: torch.device, max_memory: int | None = None) -> int:
+    """Bytes one backward pass may use: ``max_memory`` if given, else half the free GPU memory or
+    30 % of the available RAM (at most 8 GiB)."""
+    return _memory_budget(device, max_memory)
+
+
 def _memory_budget(device: torch.device, max_memory: int | None) -> int:
     if max_memory:
         return int(max_memory)
@@ -855,30 +867,38 @@ class _Accumulator:
         self.used += int(good.shape[0])
 
 
-def _estimate_sample_bytes(probe: _Probe, shape: tuple[int, ...]) -> float | None:
-    """Bytes autograd saves per sample, from two shape-only (meta device) forward passes with batch
-    1 and 2 (parameters cancel out). None when the model cannot run on meta tensors."""
+def saved_bytes(model: nn.Module, layer_module: nn.Module | None, shape: tuple[int, ...],
+                dtype: torch.dtype, batch: int = 1) -> float | None:
+    """Bytes autograd would save for backward from the input to ``layer_module`` for ``batch``
+    samples of ``shape``, from a shape-only (meta device) forward pass; None when the model cannot
+    run on meta tensors."""
     from torch.func import functional_call
 
     try:
-        state = {n: torch.empty_like(t, device="meta") for n, t in
-                 list(probe.model.named_parameters()) + list(probe.model.named_buffers())}
-        totals = []
-        for batch in (1, 2):
-            counter = [0]
+        state = {n: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
+                 for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+        counter = [0]
 
-            def pack(t: torch.Tensor) -> torch.Tensor:
-                counter[0] += t.numel() * t.element_size()
-                return t
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            counter[0] += t.numel() * t.element_size()
+            return t
 
-            x = torch.empty((batch, *shape), device="meta", dtype=probe.dtype, requires_grad=True)
-            call = lambda inp: functional_call(probe.model, state, (inp,))  # noqa: E731
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
-                forward_to_layer(probe.model, probe.layer_module, x, call)
-            totals.append(counter[0])
-        return float(max(totals[1] - totals[0], 1))
+        x = torch.empty((batch, *shape), device="meta", dtype=dtype, requires_grad=True)
+        call = lambda inp: functional_call(model, state, (inp,))  # noqa: E731
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+            forward_to_layer(model, layer_module, x, call)
+        return float(counter[0])
     except Exception:
         return None
+
+
+def _estimate_sample_bytes(probe: _Probe, shape: tuple[int, ...]) -> float | None:
+    """Bytes saved per sample: :func:`saved_bytes` at batch 2 minus batch 1 (parameters cancel)."""
+    one = saved_bytes(probe.model, probe.layer_module, shape, probe.dtype, 1)
+    two = saved_bytes(probe.model, probe.layer_module, shape, probe.dtype, 2)
+    if one is None or two is None:
+        return None
+    return max(two - one, 1.0)
 
 
 def _chunk_size(per_sample: float, budget: int, batch_size: int, probe: _Probe) -> int:
