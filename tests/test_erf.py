@@ -519,3 +519,34 @@ def test_fallback_plot_function_writes_pngs(tmp_path):
     plot_map(np.stack([m, m]), tmp_path / "c.png", box=((0, 1), (0, 5), (0, 5)))
     for name in ("a.png", "b.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+class DataDependent(nn.Module):
+    """Runs neither on meta tensors nor under vmap (``.item()`` in the forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        scale = 2.0 if float(x.detach().abs().max().item()) > 1e9 else 1.0
+        return self.conv(x) * scale
+
+
+def test_models_that_cannot_run_on_meta_measure_memory_on_the_first_sample():
+    torch.manual_seed(0)
+    model = DataDependent()
+    x = torch.randn(5, 1, 9, 9)
+    r = erf(model, (1, 9, 9), inputs=x, batch_size=4)
+    assert r.settings["largest_pass"] == 4  # passes of 1 then 4 samples
+    w = model.conv.weight.detach()[0, 0].abs().double().numpy()
+    np.testing.assert_allclose(r.raw[3:6, 3:6], w, rtol=1e-6)  # cross-correlation: |w| at the taps
+    assert np.count_nonzero(r.raw) == 9
+
+
+def test_random_weights_fall_back_to_one_draw_per_pass_when_vmap_fails():
+    r = erf(DataDependent(), (1, 9, 9), samples=64, batch_size=16, weights="random")
+    assert any("could not be batched" in w for w in r.warnings)
+    assert r.settings["largest_pass"] == 1 and r.samples == 64
+    taps = r.raw[3:6, 3:6].ravel()
+    assert taps.std() / taps.mean() < 0.2  # still a fresh draw per sample (see above)
