@@ -7,9 +7,10 @@ Method. The model is deep-copied and made *monotone*:
 
 - every activation module becomes ``nn.Identity``;
 - every max pool becomes an average pool of the same geometry (kernel, stride, padding,
-  ``ceil_mode``); a *dilated* max pool (average pooling has no dilation) becomes a depthwise
-  convolution with all-ones weights and the same geometry; adaptive max pools become adaptive
-  average pools;
+  ``ceil_mode``); a *dilated* max pool (average pooling has no dilation) and any 3-D max pool
+  (``avg_pool3d`` on CPU rejects an input smaller than the kernel even when padding makes up for
+  it, which ``max_pool3d`` accepts) becomes a depthwise convolution with all-ones weights over
+  the same windows; adaptive max pools become adaptive average pools;
 - every parameter called ``*bias`` is set to 0, every other parameter to uniform ``[0.5, 1.5]``;
 - the copy runs in float64, in eval mode.
 
@@ -92,7 +93,7 @@ def _tuple(value: int | Sequence[int] | None, dims: int, default: Sequence[int] 
 
 
 class DilatedPoolAsConv(nn.Module):
-    """Replacement of a dilated max pool: all-ones depthwise conv over the same windows.
+    """Replacement of a dilated (or 3-D) max pool: all-ones depthwise conv over the same windows.
 
     Window ``o`` covers input positions ``o*s - p + j*d`` (``0 <= j < k``), exactly like the pool.
     The number of output units (which depends on ``ceil_mode``) is taken from the original max pool
@@ -130,7 +131,7 @@ def _replacement(module: nn.Module) -> nn.Module | None:
     if dims is not None:
         if getattr(module, "return_indices", False):
             raise ValueError("max pools with return_indices=True are not supported by the oracle")
-        if any(d != 1 for d in _tuple(module.dilation, dims)):
+        if dims == 3 or any(d != 1 for d in _tuple(module.dilation, dims)):
             return DilatedPoolAsConv(module, dims)
         return _AVG_POOLS[dims](module.kernel_size, module.stride, module.padding,
                                 ceil_mode=module.ceil_mode, count_include_pad=True)

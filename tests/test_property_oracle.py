@@ -19,21 +19,24 @@ Three layers of trust, in this order:
 
 Resampling ratios are kept exactly representable in binary (see tests/oracle.py) so that a zero
 interpolation weight is an exact 0.0 and the oracle needs no tolerance. A failure message prints
-the generated network as code lines: that is the repro.
+the generated network as code lines: that is the repro. Shrinking is off unless RFLENS_SHRINK=1
+(it can take minutes per failure); the Hypothesis database replays a failure first on the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -59,9 +62,9 @@ def rflens_field(model: nn.Module, input_shape: Sequence[int]):
     return _rflens().receptive_field(model, input_shape=tuple(input_shape))
 
 
-def _box(raw) -> Hull:
-    """rflens box → tuple of (lo, hi) int pairs."""
-    return tuple((int(lo), int(hi)) for lo, hi in raw)
+def _box(raw) -> Hull | None:
+    """rflens box → tuple of (lo, hi) int pairs (None: the unit reads nothing)."""
+    return None if raw is None else tuple((int(lo), int(hi)) for lo, hi in raw)
 
 
 def _all(value) -> bool:
@@ -71,13 +74,8 @@ def _all(value) -> bool:
     return bool(value)
 
 
-def _contains(outer: Hull, inner: Hull) -> bool:
-    return all(lo <= a and b <= hi for (lo, hi), (a, b) in zip(outer, inner))
-
-
-def _hits_image(box: Hull, spatial: Sequence[int]) -> bool:
-    """Does the unclipped box contain at least one real pixel (on every axis)?"""
-    return all(lo <= hi and hi >= 0 and lo <= n - 1 for (lo, hi), n in zip(box, spatial))
+def _contains(outer: Hull | None, inner: Hull) -> bool:
+    return outer is not None and all(lo <= a and b <= hi for (lo, hi), (a, b) in zip(outer, inner))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,6 +389,43 @@ def test_regression_unclipped_box_after_mixed_jump_merge() -> None:
     assert raw == ((6, 21),)
 
 
+def test_regression_empty_units_do_not_widen_unclipped_boxes() -> None:
+    # the transposed conv (k=1, s=2) leaves odd units empty; the stride-3 conv keeps units 0, 3, 6..
+    # of it, so its odd units are empty too; the final 2-wide conv unit v reads one real unit and
+    # one empty unit: its field is the single pixel 3v/2 (v even) or 3(v+1)/2 (v odd), size 1
+    model = nn.Sequential(nn.ConvTranspose1d(1, 1, 1, stride=2), nn.Conv1d(1, 1, 1, stride=3),
+                          nn.Conv1d(1, 1, 2))
+    expected = [((3 * (v + v % 2) // 2,) * 2,) for v in range(6)]
+    oracle = GradientOracle(model, (1, 12))
+    assert oracle.hulls("2", [(v,) for v in range(6)]) == expected
+    rf = rflens_field(model, (1, 12))
+    assert [_box(rf.box("2", (v,), clip=True)) for v in range(6)] == expected
+    assert [_box(rf.box("2", (v,))) for v in range(6)] == expected
+    assert tuple(rf["2"].size) == (1,)
+
+
+def test_regression_empty_units_under_a_dilated_conv() -> None:
+    # same cause, one layer less: the dilated conv unit v reads units v and v + 3 of the transposed
+    # conv, one of which is empty (odd): the field is the single pixel of the even one
+    model = nn.Sequential(nn.ConvTranspose1d(1, 1, 1, stride=2), nn.Conv1d(1, 1, 2, dilation=3))
+    expected = [(((v + 3 * (v % 2)) // 2,) * 2,) for v in range(12)]
+    assert GradientOracle(model, (1, 8)).hulls(OUTPUT, [(v,) for v in range(12)]) == expected
+    rf = rflens_field(model, (1, 8))
+    assert [_box(rf.box(OUTPUT, (v,))) for v in range(12)] == expected
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool1d(6), nn.AdaptiveAvgPool1d(1)], ids=["avg", "adaptive"])
+def test_regression_padding_after_a_pool_to_one_unit(pool: nn.Module) -> None:
+    # the pool leaves one unit seeing all 6 pixels; padding (2, 2) makes 5 units of which only
+    # unit 2 is real: every unit must be addressable and the padded ones see nothing
+    model = nn.Sequential(pool, nn.ConstantPad1d((2, 2), 0.0))
+    expected = [None, None, ((0, 5),), None, None]
+    assert GradientOracle(model, (1, 6)).hulls(OUTPUT, [(u,) for u in range(5)]) == expected
+    rf = rflens_field(model, (1, 6))
+    assert tuple(rf[OUTPUT].shape) == (1, 1, 5)
+    assert [_box(rf.box(OUTPUT, (u,), clip=True)) for u in range(5)] == expected
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. random architectures
 # ----------------------------------------------------------------------------------------------
@@ -508,7 +543,8 @@ class NetBuilder:
         name = f"{tag}{len(self.steps) + 1}"
         self.modules[name] = module
         shape = self._run(module, src)
-        return self._push(("module", name, (src,)), shape, bound, f"self.{name}(x{src})  # {module!r}")
+        return self._push(("module", name, (src,)), shape, bound,
+                          f"self.{name}(x{src})  # {_describe(module)}")
 
     def add(self, a: int, b: int) -> int:
         shape = self.shapes[a]
@@ -534,6 +570,14 @@ class NetBuilder:
         model = GraphNet(self.steps, self.modules)
         return Net(model, tuple(self.input_shape), list(self.modules), self.code,
                    self.bounds[-1])
+
+
+def _describe(module: nn.Module) -> str:
+    """Constructor-like text of a module (``nn.Upsample``'s repr omits ``align_corners``)."""
+    if isinstance(module, nn.Upsample):
+        return (f"Upsample(size={module.size}, scale_factor={module.scale_factor}, "
+                f"mode={module.mode!r}, align_corners={module.align_corners})")
+    return repr(module)
 
 
 # --- drawing single ops -------------------------------------------------------------------------
@@ -590,7 +634,9 @@ def draw_pool(data: st.DataObject, b: NetBuilder, src: int, *, stride_one: bool 
     padding = [data.draw(st.integers(0, k // 2)) for k in kernel]
     ceil_mode = data.draw(st.booleans())
     for a in range(dims):
-        if sizes[a] + 2 * padding[a] < dilation[a] * (kernel[a] - 1) + 1:
+        # avg_pool3d (CPU) wants the kernel to fit the unpadded input
+        room = sizes[a] if (dims == 3 and not is_max) else sizes[a] + 2 * padding[a]
+        if room < dilation[a] * (kernel[a] - 1) + 1:
             dilation[a], kernel[a] = 1, min(kernel[a], sizes[a])
             padding[a] = min(padding[a], kernel[a] // 2)
     bound = _window_bound(b.bounds[src], kernel, stride, dilation, padding)
@@ -802,12 +848,27 @@ def _fail(net: Net, layer: str, lines: list[str]) -> None:
                 f"model (input {net.input_shape}):\n{net.repro()}", pytrace=False)
 
 
+@contextlib.contextmanager
+def _repro_on_error(net: Net) -> Iterator[None]:
+    """Any exception (from rflens or the harness) gets the generated network appended."""
+    try:
+        yield
+    except Exception as exc:  # pytest.fail raises Failed (a BaseException): not caught here
+        raise AssertionError(f"{type(exc).__name__}: {exc}\nmodel (input {net.input_shape}):\n"
+                             f"{net.repro()}") from exc
+
+
 def check_clipped(net: Net, seed: int, units_per_layer: int = 40, layers: int = 3) -> None:
-    """Strong property: clipped rflens boxes equal oracle hulls for every real unit."""
+    """Strong property: ``rf.box(clip=True)`` equals the oracle hull for every unit (None when the
+    unit sees no real pixel), and lies inside the unclipped box."""
+    with _repro_on_error(net):
+        _check_clipped(net, seed, units_per_layer, layers)
+
+
+def _check_clipped(net: Net, seed: int, units_per_layer: int, layers: int) -> None:
     rf = rflens_field(net.model, net.input_shape)
     oracle = GradientOracle(net.model, net.input_shape, seed=seed)
     rng = random.Random(seed)
-    spatial = net.input_shape[1:]
     ordered = [name for name in rf.names if name in set(net.layers)]
     assert ordered == net.layers and OUTPUT in rf.names, (rf.names, net.repro())
     for layer in _pick_layers(net, rng, layers):
@@ -817,14 +878,11 @@ def check_clipped(net: Net, seed: int, units_per_layer: int = 40, layers: int = 
         bad = []
         for unit, hull in zip(units, oracle.hulls(layer, units)):
             raw = _box(rf.box(layer, unit, clip=False))
-            clipped = rf.box(layer, unit, clip=True)
-            got = None if clipped is None else _box(clipped)
+            got = _box(rf.box(layer, unit, clip=True))
             if got != hull:
                 bad.append(f"unit {unit}: oracle {hull}, rflens clip=True {got} (unclipped {raw})")
             elif got is not None and not _contains(raw, got):
                 bad.append(f"unit {unit}: clipped box {got} not inside unclipped box {raw}")
-            elif got is not None and not _hits_image(raw, spatial):
-                bad.append(f"unit {unit}: unclipped box {raw} misses the image, clipped is {got}")
         if bad:
             _fail(net, layer, bad)
 
@@ -835,6 +893,11 @@ def check_interior(net: Net, seed: int, candidates: int = 12, layers: int = 3) -
     Also checks ``size`` (all units, uniform layers) and ``jump`` against the hulls. Returns how
     many units were compared.
     """
+    with _repro_on_error(net):
+        return _check_interior(net, seed, candidates, layers)
+
+
+def _check_interior(net: Net, seed: int, candidates: int, layers: int) -> int:
     rf = rflens_field(net.model, net.input_shape)
     oracle = GradientOracle(net.model, net.input_shape, seed=seed)
     rng = random.Random(seed)
@@ -876,6 +939,7 @@ CLIPPED = {
     "chain2d": Family(2, (5, 20), 64, max_steps=4, dag=False),
     "dag1d": Family(1, (6, 40), 160, max_steps=4),
     "dag2d": Family(2, (5, 18), 48, max_steps=3),
+    "chain3d": Family(3, (4, 9), 18, max_steps=3, dag=False),
     "dag3d": Family(3, (4, 9), 18, max_steps=3),
     "crop2d": Family(2, (5, 18), 48, max_steps=3, crop=True),
 }
@@ -884,10 +948,14 @@ INTERIOR = {
     "chain1d": Family(1, (400, 400), 1600, max_steps=5, dag=False, interior=True),
     "dag1d": Family(1, (400, 400), 1600, max_steps=4, interior=True),
     "dag2d": Family(2, (96, 96), 200, max_steps=3, interior=True),
-    "dag3d": Family(3, (36, 36), 60, max_steps=2, interior=True),
+    "dag3d": Family(3, (36, 36), 60, max_steps=2, interior=True),  # few examples: see below
 }
 
-_SETTINGS = dict(deadline=None, report_multiple_bugs=False,
+# Shrinking a failing network can take Hypothesis minutes (each example runs rflens and the
+# oracle); the failure message already prints the network as code. RFLENS_SHRINK=1 turns it on.
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target] + (
+    [Phase.shrink] if os.environ.get("RFLENS_SHRINK") == "1" else [])
+_SETTINGS = dict(deadline=None, report_multiple_bugs=False, phases=_PHASES,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -904,11 +972,22 @@ def test_clipped_boxes_match_oracle(family: str, data: st.DataObject) -> None:
     check_clipped(net, seed=data.draw(st.integers(0, 2 ** 16), label="seed"))
 
 
-@pytest.mark.parametrize("family", list(INTERIOR), ids=list(INTERIOR))
+@pytest.mark.parametrize("family", [f for f in INTERIOR if f != "dag3d"])
 @settings(max_examples=15, **_SETTINGS)
 @given(data=st.data())
 def test_interior_boxes_match_oracle(family: str, data: st.DataObject) -> None:
     _require_engine()
     net = draw_net(data, INTERIOR[family])
     compared = check_interior(net, seed=data.draw(st.integers(0, 2 ** 16), label="seed"))
+    assume(compared > 0)
+
+
+@settings(max_examples=6, **_SETTINGS)
+@given(data=st.data())
+def test_interior_boxes_match_oracle_3d(data: st.DataObject) -> None:
+    """3-D inputs big enough for an interior are costly for the oracle: few units, few examples."""
+    _require_engine()
+    net = draw_net(data, INTERIOR["dag3d"])
+    compared = check_interior(net, seed=data.draw(st.integers(0, 2 ** 16), label="seed"),
+                              candidates=3, layers=2)
     assume(compared > 0)
