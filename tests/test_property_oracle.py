@@ -426,6 +426,56 @@ def test_regression_padding_after_a_pool_to_one_unit(pool: nn.Module) -> None:
     assert [_box(rf.box(OUTPUT, (u,), clip=True)) for u in range(5)] == expected
 
 
+class _NonMonotoneSum(nn.Module):
+    """Even units 2k see pixels [k, k+1] (transposed-conv branch), odd units 2k+1 see [k, k]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convt = nn.ConvTranspose1d(1, 1, 2, stride=2, padding=2, dilation=2)
+        self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.convt(x)  # o = 2i - 2 + 2j: even o reads {o/2, o/2 + 1}, odd o reads nothing
+        return t + self.up(x)[..., : t.shape[-1]]
+
+
+def test_regression_window_over_a_non_monotone_merge() -> None:
+    # a merge's per-unit intervals need not be monotone (hi(2k) = k+1 > hi(2k+1) = k); a window
+    # over units 2k, 2k+1 sees [k, k+1], not [lo(2k), hi(2k+1)] = [k, k]
+    model = nn.Sequential(_NonMonotoneSum(), nn.MaxPool1d(2))
+    expected = [((j, j + 1),) for j in range(6)]
+    assert GradientOracle(model, (1, 8)).hulls(OUTPUT, [(j,) for j in range(6)]) == expected
+    rf = rflens_field(model, (1, 8))
+    assert [_box(rf.box(OUTPUT, (j,), clip=True)) for j in range(6)] == expected
+    assert [_box(rf.box(OUTPUT, (j,))) for j in range(6)] == expected  # interior units: no padding
+
+
+def _transposed_reads(o: int, kernel: int, stride: int, dilation: int, n: int | None) -> list[int]:
+    """Input units read by transposed-conv output ``o`` (docs: ``o = i*s + j*d``, no padding);
+    ``n``: keep only real units ``0 <= i < n`` (None: keep all, the unclipped field)."""
+    hits = [(o - j * dilation) // stride for j in range(kernel) if (o - j * dilation) % stride == 0]
+    return [i for i in hits if n is None or 0 <= i < n]
+
+
+def _hull_1d(values: list[int]) -> Hull | None:
+    return ((min(values), max(values)),) if values else None
+
+
+def test_regression_window_over_a_dilated_transposed_conv() -> None:
+    # k=3, s=3, d=2: output o reads i = o/3 (o = 0 mod 3), (o-2)/3 (o = 2) or (o-4)/3 (o = 1):
+    # o -> 0, -1, 0, 1, 0, 1, 2, 1, 2, ... is not monotone; pool unit u reads o = 2u, 2u + 1
+    model = nn.Sequential(nn.ConvTranspose1d(1, 1, 3, stride=3, dilation=2), nn.AvgPool1d(2, 2))
+    n, units = 8, range(13)
+    reads = [[i for o in (2 * u, 2 * u + 1) for i in _transposed_reads(o, 3, 3, 2, n)] for u in units]
+    geometric = [[i for o in (2 * u, 2 * u + 1) for i in _transposed_reads(o, 3, 3, 2, None)]
+                 for u in units]
+    expected = [_hull_1d(r) for r in reads]
+    assert GradientOracle(model, (1, n)).hulls(OUTPUT, [(u,) for u in units]) == expected
+    rf = rflens_field(model, (1, n))
+    assert [_box(rf.box(OUTPUT, (u,), clip=True)) for u in units] == expected
+    assert [_box(rf.box(OUTPUT, (u,))) for u in units] == [_hull_1d(g) for g in geometric]
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. random architectures
 # ----------------------------------------------------------------------------------------------
