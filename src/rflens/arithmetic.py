@@ -81,6 +81,16 @@ class AxisMap:
     def has_no_empty(self) -> bool:
         return all(lo <= hi for lo, hi in zip(self.lo_table, self.hi_table))
 
+    @property
+    def monotone(self) -> bool:
+        """No empty unit and both ends non-decreasing in the unit index (then the hull over a
+        range of units is given by its two endpoints). Convolution chains are; maps built from
+        phase-dependent maps with gaps, unions of different jumps and concatenations may not be."""
+        if self.exact_units is not None or not self.has_no_empty:
+            return False
+        lo, hi = self.evaluate(np.arange(self.period + 1))
+        return bool((np.diff(lo) >= 0).all() and (np.diff(hi) >= 0).all())
+
     # summary numbers ----------------------------------------------------------------------
     @property
     def jump(self) -> Fraction:
@@ -143,9 +153,7 @@ def _hull_over_taps(below: AxisMap, a: np.ndarray, b: np.ndarray, step: int):
     """Per output unit, the hull of the fields of units ``a, a+step, ..., <= b`` of ``below``,
     skipping empty units; empty (lo > hi) when there are none. With no empty units, step 1 and
     a non-decreasing map the endpoints suffice."""
-    # periodic maps built by rflens are non-decreasing; explicit tables (unions of different
-    # jumps, spatial concatenation) need not be
-    if step == 1 and below.exact_units is None and below.has_no_empty and bool((a <= b).all()):
+    if step == 1 and below.monotone and bool((a <= b).all()):
         lo, _ = below.evaluate(a)
         _, hi = below.evaluate(b)
         return lo, hi
