@@ -63,8 +63,38 @@ def regroup(dims: tuple[Dim, ...], shape: tuple[int, ...]) -> tuple[list[Dim], l
     return out, dropped
 
 
+@register("squeeze", "squeeze_", "squeeze_copy")
+def squeeze(call: OpCall) -> list:
+    """Drop the named size-1 dimensions (all size-1 dimensions without ``dim``); a dropped
+    spatial dimension becomes a reduced axis (its one unit keeps its field)."""
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    n = len(x.shape)
+    dim = call.arg(1, "dim")
+    if dim is None:
+        drop = {d for d in range(n) if x.shape[d] == 1}
+    else:
+        drop = {_wrap(d, n) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+        drop = {d for d in drop if x.shape[d] == 1}
+    kept = [dim_ for d, dim_ in enumerate(x.field.dims) if d not in drop]
+    gone = tuple(f for d in sorted(drop) for f in x.field.dims[d] if f.axis is not None)
+    return [x.field.with_dims(kept, extra=x.field.extra + gone)]
+
+
+@register("unsqueeze", "unsqueeze_", "unsqueeze_copy")
+def unsqueeze(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    d = _wrap(call.arg(1, "dim"), len(x.shape) + 1)
+    dims = list(x.field.dims)
+    dims.insert(d, (Factor(1),))
+    return [x.field.with_dims(dims)]
+
+
 @register("view", "_unsafe_view", "reshape", "_reshape_alias", "view_copy", "_reshape_copy",
-          "unflatten", "flatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "view_as")
+          "unflatten", "flatten", "view_as")
 def view(call: OpCall) -> list:
     x = call.arg(0, "self")
     if x.field is None:
