@@ -509,18 +509,6 @@ def test_cli_bad_input_is_one_line_exit_2(model_file, capsys, args, needle):
     assert needle in err[-1]
 
 
-def test_fallback_plot_function_writes_pngs(tmp_path):
-    from rflens.erf import plot_map
-
-    m = np.zeros((20, 30))
-    m[8:12, 10:20] = 1.0
-    plot_map(m, tmp_path / "a.png", box=((-3, 12), (5, 40)), log=True, title="t")
-    plot_map(m[10], tmp_path / "b.png")
-    plot_map(np.stack([m, m]), tmp_path / "c.png", box=((0, 1), (0, 5), (0, 5)))
-    for name in ("a.png", "b.png", "c.png"):
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-
-
 class DataDependent(nn.Module):
     """Runs neither on meta tensors nor under vmap (``.item()`` in the forward)."""
 

@@ -43,7 +43,7 @@ from rflens.inputs import InputSource, resolve_inputs, sample_seed
 from rflens.metrics import ERFMetrics, compute_metrics
 
 __all__ = ["effective_receptive_field", "ERFResult", "TRFInfo", "ERFWarning", "PRESETS",
-           "find_layer", "trf_of_unit", "linear_mode", "uniformize", "plot_map"]
+           "find_layer", "trf_of_unit", "linear_mode", "uniformize"]
 
 SCHEMA_VERSION = 1
 WEIGHTS = ("as-is", "random", "uniform")
@@ -143,14 +143,9 @@ class ERFResult:
         np.save(path, self.raw)
 
     def plot(self, path: str | os.PathLike | io.BytesIO, log: bool = False) -> None:
-        """Write a PNG heat map (with the clipped TRF box) to ``path``: :func:`rflens.plot.erf_map`
-        when that module is there, else the minimal :func:`plot_map`."""
-        try:
-            from rflens import plot
-        except ImportError:
-            plot_map(self.raw, path, box=self.trf.box if self.trf else None, log=log,
-                     title=f"ERF of {self.layer or 'output'} at unit {self.unit} ({self.method})")
-            return
+        """Write the heat map of :func:`rflens.plot.erf_map` (TRF box drawn) to ``path``."""
+        from rflens import plot
+
         plot.save(plot.erf_map(self, log=log), path)
 
     def summary_rows(self) -> list[tuple[str, str]]:
@@ -210,39 +205,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value if not isinstance(value, float) or math.isfinite(value) else None
     return str(value)
-
-
-def plot_map(values: np.ndarray, path: str | os.PathLike | io.BytesIO, box: Any = None,
-             title: str = "", log: bool = False) -> None:
-    """Write a PNG of an ERF map (2-D: heat map scaled to its maximum with the TRF ``box`` drawn
-    clipped; 1-D: a profile; 3-D: the sum over the first axis). The one place rflens plots."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    m = np.asarray(values, dtype=np.float64)
-    if m.ndim == 3:
-        m, box = m.sum(axis=0), (box[1:] if box else None)
-    m = np.log10(m + 1) if log else m
-    peak = m.max() if m.size and m.max() > 0 else 1.0
-    fig, ax = plt.subplots(figsize=(4.5, 4.5) if m.ndim == 2 else (6, 3), dpi=100)
-    try:
-        if m.ndim == 1:
-            ax.plot(np.arange(m.size), m / peak)
-            ax.set_xlabel("input pixel")
-        else:
-            image = ax.imshow(m / peak, cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
-            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-            if box is not None:
-                (r0, r1), (c0, c1) = [(max(lo, 0), min(hi, n - 1)) for (lo, hi), n in zip(box, m.shape)]
-                ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0 + 1, r1 - r0 + 1, fill=False,
-                                           edgecolor="white", linestyle="--", linewidth=1))
-        ax.set_title(title, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
 
 
 # --- model preparation ----------------------------------------------------------------------------
