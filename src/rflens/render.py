@@ -18,18 +18,7 @@ def _axes(values) -> str:
 
 
 def _flags(layer) -> str:
-    flags = []
-    if not layer.known:
-        flags.append("unknown")
-    if layer.is_global:
-        flags.append("global")
-    if not layer.aligned:
-        flags.append("non-aligned")
-    if layer.known and not layer.uniform:
-        flags.append("non-uniform")
-    if layer.exceeds_input:
-        flags.append("> input")
-    return ", ".join(flags)
+    return ", ".join("> input" if f == "exceeds-input" else f for f in layer.flags)
 
 
 def flat_rows(rf: ReceptiveField) -> list[dict]:

@@ -343,17 +343,15 @@ def _erf_entry(entry: ERFEntry) -> str:
             f"<p class='meta'>computed in {entry.seconds:.1f} s</p></article>")
 
 
+_ROW_CLASSES = {"unknown": "unknown", "global": "global", "non-aligned": "nonaligned",
+                "exceeds-input": "exceeds"}
+
+
 def _row_class(layer: Any) -> str:
-    classes = []
-    if not layer.known:
-        classes.append("unknown")
-    if layer.is_global:
-        classes.append("global")
-    if not layer.aligned:
-        classes.append("nonaligned")
-    if layer.exceeds_input and not layer.is_global:
-        classes.append("exceeds")
-    return " ".join(classes)
+    flags = set(layer.flags)
+    if "global" in flags:
+        flags.discard("exceeds-input")  # a global unit sees everything anyway
+    return " ".join(_ROW_CLASSES[f] for f in layer.flags if f in flags and f in _ROW_CLASSES)
 
 
 def _layer_table(rf: Any) -> str:

@@ -99,6 +99,15 @@ class LayerField:
         return tuple(f.size if f is not None else 0 for f in self.factors)
 
     @property
+    def flags(self) -> tuple[str, ...]:
+        """What to tell about this row: ``unknown``, ``global``, ``non-aligned``, ``non-uniform``,
+        ``exceeds-input`` (the field is larger than the input)."""
+        checks = (("unknown", not self.known), ("global", self.is_global),
+                  ("non-aligned", not self.aligned), ("non-uniform", self.known and not self.uniform),
+                  ("exceeds-input", self.exceeds_input))
+        return tuple(name for name, on in checks if on)
+
+    @property
     def exceeds_input(self) -> bool:
         """True when the field is larger than the input along some axis."""
         return self.known and any(a.size > n for a, n in zip(self.axes, self.input_spatial))
