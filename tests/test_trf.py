@@ -331,3 +331,21 @@ def test_serialisation():
     assert list(df["name"]) == ["0", "1", "output"]
     assert list(df["size_0"])[:2] == [3, rf["1"].size[0]]
     assert "<table" in rf._repr_html_()
+
+
+def test_circular_padding_reads_the_opposite_border():
+    # F.pad(mode="circular") arrives as writes into slices of an empty tensor; padded unit 0 is
+    # pixel 7 of 8, so the conv's unit 0 reads pixels {7, 0, 1}: exact hull (0, 7)
+    class Circular(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 1, 3)
+
+        def forward(self, x):
+            return self.conv(F.pad(x, (1, 1), mode="circular"))
+
+    rf = rflens.receptive_field(Circular(), (1, 8))
+    assert rf["conv"].known and not rf.unsupported_ops
+    assert rf.box("conv", 0, clip=True) == ((0, 7),)
+    assert rf.box("conv", 3, clip=True) == ((2, 4),)
+    assert rf.box("conv", 7, clip=True) == ((0, 7),)

@@ -79,6 +79,7 @@ class _Recorder(TorchDispatchMode):
         self.tag_cache: dict = {}
         self.origin: list[str] = []
         self.meta = False
+        self.view_parent = WeakIdKeyDictionary()  # view tensor -> (tensor it was taken from, node)
 
     def track(self, t: torch.Tensor) -> TensorRef:
         ref = TensorRef(self.next_id, tuple(t.shape))
@@ -122,6 +123,10 @@ class _Recorder(TorchDispatchMode):
         self.nodes.append(node)
         if func._schema.is_mutable:
             self._write_back(node, outs)
+        elif outs and func.is_view:
+            source = next((t for t in _tensors(args, kwargs)), None)
+            if source is not None:
+                self.view_parent[outs[0]] = (source, node)
         return out
 
     def _decompose(self, func, args, kwargs):
@@ -143,9 +148,23 @@ class _Recorder(TorchDispatchMode):
             if base is None:
                 continue
             old = self.ref(base)
+            view = self.ref(t)
             new = self.track(base)
-            self.nodes.append(Node(len(self.nodes), _INPLACE_WRITEBACK, "", (old, self.ref(t)), {},
-                                   (new,), node.module, frozenset()))
+            self.nodes.append(Node(len(self.nodes), _INPLACE_WRITEBACK, "", (old, view),
+                                   {"chain": self._chain(t, base)}, (new,), node.module, frozenset()))
+
+    def _chain(self, view: torch.Tensor, base: torch.Tensor) -> tuple | None:
+        """The view ops (name, args) that lead from ``base`` to ``view``, base first; None when
+        the path is unknown."""
+        steps = []
+        cur = view
+        while cur is not base:
+            entry = self.view_parent.get(cur)
+            if entry is None:
+                return None
+            cur, node = entry
+            steps.append((node.name, tuple(a for a in node.args[1:])))
+        return tuple(reversed(steps))
 
 
 def _tensors(args, kwargs):
