@@ -52,9 +52,10 @@ otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +169,18 @@ def oracle_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return copy_
 
 
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Run torch ops on one thread: the oracle's tensors are small, and intra-op threads on a
+    busy machine (or next to pytest-xdist workers) made it 10-100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _Stop(Exception):
     """Raised by the forward hook to stop the forward pass once the layer output is known."""
 
@@ -240,7 +253,7 @@ class GradientOracle:
     def output_shape(self, layer: str) -> tuple[int, ...]:
         """Shape of the layer's output, batch axis included (batch 1)."""
         if layer not in self._shapes:
-            with torch.no_grad():
+            with torch.no_grad(), _single_thread():
                 self._shapes[layer] = tuple(_layer_output(self.model, self.x, layer).shape)
         return self._shapes[layer]
 
@@ -260,8 +273,9 @@ class GradientOracle:
             self._check_unit(layer, unit)
         step = self.chunk if self.batched else 1
         out = []
-        for start in range(0, len(units), step):
-            out.append(self._gradients_batch(layer, units[start:start + step]))
+        with _single_thread():
+            for start in range(0, len(units), step):
+                out.append(self._gradients_batch(layer, units[start:start + step]))
         return torch.cat(out) if out else torch.zeros((0, *self.input_shape), dtype=torch.float64)
 
     def _gradients_batch(self, layer: str, units: list[Unit]) -> torch.Tensor:
