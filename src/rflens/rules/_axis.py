@@ -97,7 +97,8 @@ def describe(fmap: AxisMap) -> tuple[str, str]:
     return str(fmap.jump), str(fmap.center)
 
 
-def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[int]) -> Dim | None:
+def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[int],
+               global_paths: list[bool] | None = None) -> Dim | None:
     """Union of the paths meeting at one output dimension of size ``n``.
 
     ``dims``: the contributing inputs' dimensions (already broadcast to ``n``). Returns None when
@@ -105,9 +106,10 @@ def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[in
     ``call`` when paths disagree on jump or centre."""
     from rflens.rules.registry import Misalignment
 
+    is_global = dict(zip(positions, global_paths or [False] * len(positions)))
     spatial = [(p, d) for p, d in zip(positions, dims) if any(f.axis is not None for f in d)]
-    local = [(p, d) for p, d in spatial if not _is_broadcast_context(d)]
-    if local:  # a pooled context broadcast over the map (J = 0) does not move the local field
+    local = [(p, d) for p, d in spatial if not (is_global[p] and _is_broadcast_context(d))]
+    if local:  # a pooled global context broadcast over the map (J = 0): the gate is a constant
         spatial = local
     if not spatial:
         return (Factor(n),)

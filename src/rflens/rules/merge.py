@@ -31,7 +31,7 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...]) -> TensorField | None:
     nd = len(shape)
     dims, lost = [], set()
     for d in range(nd):
-        contributions, positions = [], []
+        contributions, positions, globals_ = [], [], []
         for pos, a in args:
             k = d - (nd - len(a.shape))
             if k < 0:
@@ -47,7 +47,8 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...]) -> TensorField | None:
                 lost.add(f"{call.name}: shapes {a.shape} and {shape} do not broadcast")
                 continue
             positions.append(pos)
-        merged = merge_dims(contributions, shape[d], d, call, positions)
+            globals_.append(a.field.is_global)
+        merged = merge_dims(contributions, shape[d], d, call, positions, globals_)
         if merged is None:
             lost.add(f"{call.name} merges tensors whose dimension {d} carries different axes")
             merged = (Factor(shape[d]),)

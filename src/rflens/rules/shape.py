@@ -237,12 +237,13 @@ def cat(call: OpCall) -> list:
     lost = set()
     for k in other:
         src = k if (not stacking or k < d) else k - 1
-        contributions, positions = [], []
+        contributions, positions, globals_ = [], [], []
         for pos, a in enumerate(tensors):
             if a.field is not None:
                 contributions.append(a.field.dims[src])
                 positions.append(pos)
-        merged = merge_dims(contributions, shape[k], k, call, positions)
+                globals_.append(a.field.is_global)
+        merged = merge_dims(contributions, shape[k], k, call, positions, globals_)
         if merged is None:
             lost.add(f"{call.name} of tensors whose dimension {k} carries different axes")
             merged = (Factor(shape[k]),)
