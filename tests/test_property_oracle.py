@@ -6,14 +6,17 @@ Three layers of trust, in this order:
    (so the oracle is trusted without rflens);
 2. one test per worked example / rule of the docs comparing rflens' per-layer numbers
    (``size``, ``jump``, ``padding``, ``uniform``, ``aligned``, ``is_global``) with hand-derived values;
+   then (2b) the minimal models on which the property tests once caught rflens wrong, each checked
+   against hand-derived hulls as well as the oracle;
 3. hypothesis property tests on random chains and DAGs (1-D, 2-D, 3-D) of convs (stride, dilation,
    integer / ``'same'`` / asymmetric padding, non-square kernels), max/avg pools with ``ceil_mode``,
    transposed convs with ``output_padding``, nearest / (bi|tri)linear / bicubic upsampling, residual
    adds and channel concatenations (aligned or not), explicit pads and crops. Two properties:
 
-   - *clipped* (the strong one): for any unit whose unclipped rflens box contains at least one real
-     pixel, ``rf.box(layer, unit, clip=True)`` equals the oracle's hull; a unit whose unclipped box
-     misses the image must have no support at all;
+   - *clipped* (the strong one): for every sampled unit (borders favoured) of the output and two
+     random layers, ``rf.box(layer, unit, clip=True)`` equals the oracle's hull (``None`` when the
+     unit depends on no real pixel, e.g. its unclipped box misses the image or lies in padding)
+     and lies inside the unclipped ``rf.box``; layer names and shapes match the model;
    - *interior*: on inputs large enough that a unit's paths never touch padding, the *unclipped*
      ``rf.box`` equals the oracle hull, and the per-layer ``size``/``jump`` agree with it.
 
@@ -507,7 +510,7 @@ CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 AVG_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
-PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
+PAD = {1: nn.ZeroPad1d, 2: nn.ZeroPad2d, 3: nn.ZeroPad3d}
 LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -794,7 +797,7 @@ def draw_pad(data: st.DataObject, b: NetBuilder, src: int, *, crop: bool = False
         return b.fpad(src, pairs)
     flat = tuple(v for pair in reversed(pairs) for v in pair)
     bound = b.bounds[src].through(1, 1, max(left for left, _ in pairs))
-    return b.module(src, PAD[b.dims](flat, 0.0), "pad", bound)
+    return b.module(src, PAD[b.dims](flat), "pad", bound)
 
 
 def draw_local_op(data: st.DataObject, b: NetBuilder, src: int, *, resample: bool, crop: bool,
