@@ -1,0 +1,121 @@
+"""Reproductions of the receptive-field literature, each with a figure and numbers.
+
+Every experiment is a function ``run(seed=0, **options) -> ExperimentResult`` in its own module,
+registered in :data:`EXPERIMENTS`. :func:`run_experiment` times it (wall and CPU seconds), and
+writes ``DIR/NAME.json`` (:meth:`ExperimentResult.to_dict`) and ``DIR/NAME.png`` (its figure).
+Each result carries :class:`Check` rows: a quantity, what the literature (or exact theory) expects,
+what was measured, and whether they agree. ``docs/experiments.md`` shows the figures and numbers.
+
+=================  =========================================================================
+``path-counts``    exact per-pixel path counts of 2 and 3 stacked 3×3 convs
+``sqrt-growth``    ERF σ over depth 1…64 (uniform, random, random + ReLU): σ ∝ √n, ERF/TRF ∝ 1/√n
+``stack-vs-large`` 2×3×3 vs 5×5 and 3×3×3 vs 7×7: equal TRF, the stack's ERF more concentrated
+``factors``        subsampling, dilation, skip connections, dropout, ReLU vs linear
+``training``       a small CNN trained on scikit-learn's digits: ERF σ and accuracy per epoch
+=================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rflens.errors import RflensError
+from rflens.experiments.core import Check, ExperimentResult, compress_notes, seeded
+
+__all__ = ["EXPERIMENTS", "Experiment", "Check", "ExperimentResult", "names", "get",
+           "run_experiment", "write_outputs", "DEFAULT_DIR"]
+
+DEFAULT_DIR = "out/experiments"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: its CLI ``name``, a one-line ``summary``, and the module holding
+    ``run(seed=0, **options)``."""
+
+    name: str
+    summary: str
+    module: str
+
+    def runner(self) -> Callable[..., ExperimentResult]:
+        import importlib
+
+        return importlib.import_module(f"rflens.experiments.{self.module}").run
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("path-counts", "exact per-pixel path counts of 2 and 3 stacked 3×3 convs", "path_counts"),
+    Experiment("sqrt-growth", "ERF σ over depth 1…64: exponent ≈ 0.5, ERF/TRF slope ≈ -0.5",
+               "sqrt_growth"),
+    Experiment("stack-vs-large", "2×3×3 vs 5×5, 3×3×3 vs 7×7: equal TRF, σ and area ratios",
+               "stack_vs_large"),
+    Experiment("factors", "subsampling, dilation, skips, dropout, ReLU vs linear on the ERF", "factors"),
+    Experiment("training", "small CNN on scikit-learn's digits: ERF σ and accuracy per epoch",
+               "training"),
+)}
+
+
+def names() -> list[str]:
+    """The experiment names, in the order ``all`` runs them."""
+    return list(EXPERIMENTS)
+
+
+def get(name: str) -> Experiment:
+    """The experiment called ``name``; an unknown name raises :class:`RflensError` naming close
+    matches."""
+    if name in EXPERIMENTS:
+        return EXPERIMENTS[name]
+    close = difflib.get_close_matches(name, names() + ["all", "list"], n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise RflensError(f"unknown experiment '{name}'{hint} (choose from {', '.join(names())}, all, "
+                      "list)")
+
+
+def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed: int = 0,
+                   threads: int | None = None, **options: Any) -> ExperimentResult:
+    """Run experiment ``name`` with ``seed`` and its ``options`` (see each module's ``run``), time
+    it, and write ``out_dir/NAME.json`` and ``out_dir/NAME.png`` (nothing when ``out_dir`` is
+    None). ``threads``: torch's intra-op threads during the run (None: leave as set); the value
+    used is recorded in ``settings["threads"]``."""
+    import torch
+
+    experiment = get(name)
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise RflensError(f"threads must be a positive integer, not {threads}")
+        torch.set_num_threads(threads)
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        with seeded(seed):  # anything drawn from the global generators is reproducible too
+            result = experiment.runner()(seed=seed, **options)
+        result.wall_s = time.perf_counter() - wall
+        result.cpu_s = time.process_time() - cpu
+        result.settings["threads"] = torch.get_num_threads()
+        result.notes = compress_notes(result.notes)
+    finally:
+        torch.set_num_threads(before)
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
+def write_outputs(result: ExperimentResult, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``NAME.json`` and ``NAME.png`` of ``result`` into ``out_dir`` (created if missing)."""
+    from rflens import plot
+
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        json_path = folder / f"{result.name}.json"
+        json_path.write_text(json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise RflensError(f"cannot write into {folder}: {exc.strerror}") from exc
+    png_path = folder / f"{result.name}.png"
+    plot.save(result.figure(), png_path)
+    return json_path, png_path
