@@ -18,12 +18,7 @@ from rflens.analytic import analytic_erf, analytic_result, chain_of, parse_chain
 from rflens.errors import RflensError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box_kernel_coefficients(n: int, k: int) -> list[int]:

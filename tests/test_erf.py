@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -17,12 +16,7 @@ from rflens.erf import ERFWarning, PRESETS, effective_receptive_field
 from rflens.errors import RflensError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def erf(model, shape, **kw):

@@ -18,12 +18,7 @@ from rflens.experiments import factors, path_counts, sqrt_growth, stack_vs_large
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv_ones_2d(depth: int, k: int = 3) -> np.ndarray:

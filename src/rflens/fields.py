@@ -144,7 +144,6 @@ def compact(field: TensorField) -> TensorField:
     if counts == {1}:
         return field
     if len(counts) == 1:
-        c = counts.pop()
         masks = [f.lo <= f.hi for f in factors]
         alive = np.all([m.any(axis=1) for m in masks], axis=0)
         groups: dict[bytes, list[int]] = {}

@@ -9,7 +9,7 @@ import numpy as np
 
 from rflens.arithmetic import AxisMap
 from rflens.capture import _INPLACE_WRITEBACK, Capture, Node, TensorRef
-from rflens.fields import Factor, TensorField, compact, dim_size, flags_of, is_spatial, plain, spatial
+from rflens.fields import Factor, TensorField, compact, dim_size, flags_of, plain, spatial
 from rflens.arithmetic import explicit_reads
 from rflens.rules import Arg, OpCall, lookup
 from rflens.rules._axis import apply_reads
@@ -207,12 +207,10 @@ def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
         unsupported[key] = unsupported.get(key, 0) + 1
         return [_unknown_field(r.shape, live, op) for r in node.outputs]
     for m in call.misalignments:
-        tensor_args = call.tensor_args
-        refs = [r for r in _flat_refs(node.args)]
+        refs = _flat_refs(node.args)
         paths = tuple((result.producers.get(refs[p].id, "constant") if p < len(refs) else f"#{p}", j, c)
                       for p, j, c in m.paths)
         result.alignment.append(AlignmentIssue(node.name, node.module, m.axis, paths))
-        del tensor_args
     return outs
 
 

@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
         Console().print(result)
     if args.save:
-        _save(result, args.save)
+        _write(result.save, args.save)
     if args.plot:
-        _plot(result, args.plot)
+        _write(result.plot, args.plot)
     return 0
 
 
@@ -135,21 +135,12 @@ def _table_text(result) -> str:
     return console.export_text()
 
 
-def _save(result, path: str) -> None:
+def _write(write, path: str) -> None:
+    """Call ``write(path)`` (saving the map or the plot); a path that cannot be written is bad input."""
     from rflens.errors import RflensError
 
     try:
-        result.save(path)
-    except OSError as exc:
-        raise RflensError(f"cannot write {path}: {exc.strerror}") from exc
-    print(f"wrote {path}", file=sys.stderr)
-
-
-def _plot(result, path: str) -> None:
-    from rflens.errors import RflensError
-
-    try:
-        result.plot(path)
+        write(path)
     except OSError as exc:
         raise RflensError(f"cannot write {path}: {exc.strerror}") from exc
     print(f"wrote {path}", file=sys.stderr)
