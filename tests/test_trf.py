@@ -349,3 +349,20 @@ def test_circular_padding_reads_the_opposite_border():
     assert rf.box("conv", 0, clip=True) == ((0, 7),)
     assert rf.box("conv", 3, clip=True) == ((2, 4),)
     assert rf.box("conv", 7, clip=True) == ((0, 7),)
+
+
+def test_merged_component_overflow_is_flagged():
+    # 17 diagonally shifted copies of the image summed: each copy is real on a different block of
+    # rows and columns, more components than rflens tracks; the clipped boxes become per-axis
+    # unions (supersets) and that must be said, never silent
+    class DiagonalSum(nn.Module):
+        def forward(self, x):
+            n = 17
+            return sum(F.pad(x, (k, n - 1 - k, k, n - 1 - k)) for k in range(n))
+
+    rf = rflens.receptive_field(DiagonalSum(), (1, 4, 4))
+    assert not rf["output"].exact_hull
+    assert any("supersets" in w for w in rf.warnings)
+    assert rf.box("output", (0, 2), clip=True)[1][0] <= 2  # still contains the true hull (0,2),(2,2)
+    small = rflens.receptive_field(Residual(), (2, 8, 8))
+    assert small["output"].exact_hull and not any("supersets" in w for w in small.warnings)

@@ -83,6 +83,7 @@ class TensorField:
     unknown: frozenset[str] = field(default_factory=frozenset)
     lost: frozenset[str] = field(default_factory=frozenset)
     extra: tuple[Factor, ...] = ()  # axes reduced to one unit (squeezed/selected/pooled away)
+    approximate: bool = False  # exact hulls were merged per axis somewhere upstream (supersets)
 
     @property
     def trusted(self) -> bool:
@@ -116,6 +117,7 @@ def flags_of(fields: list[TensorField]) -> dict:
     return dict(
         is_global=any(f.is_global for f in fields),
         misaligned=any(f.misaligned for f in fields),
+        approximate=any(f.approximate for f in fields),
         unknown=frozenset().union(*(f.unknown for f in fields)),
         lost=frozenset().union(*(f.lost for f in fields)),
     )
@@ -153,7 +155,8 @@ def compact(field: TensorField) -> TensorField:
         rows = list(groups.values()) or [[0]]
         if len(rows) <= MAX_COMPONENTS:
             return _rebuild(field, lambda f: _merge_rows(f, rows))
-    return _rebuild(field, lambda f: collapse(f.lo, f.hi))
+    # per-axis unions of several components: each unit's hull can only grow (flagged)
+    return replace(_rebuild(field, lambda f: collapse(f.lo, f.hi)), approximate=True)
 
 
 def _merge_rows(f: Factor, rows: list[list[int]]):

@@ -60,6 +60,7 @@ class LayerField:
     unknown_ops: tuple[str, ...] = ()
     lost: tuple[str, ...] = ()
     input_spatial: tuple[int, ...] = ()
+    exact_hull: bool = True  # False: box(clip=True) may be a superset (see docs)
     factors: tuple[Factor | None, ...] = field(default=(), repr=False, compare=False)
 
     # per-axis summaries -------------------------------------------------------------------
@@ -131,7 +132,8 @@ class LayerField:
 
         ``clip=False``: the geometric field, which may reach into padding (negative or past the
         border); None for a unit that reads nothing (a transposed convolution's gaps). ``clip=True``: the exact hull of the real input pixels the unit depends on (None
-        when it depends on none, e.g. a unit computed from padding only)."""
+        when it depends on none, e.g. a unit computed from padding only). When ``exact_hull`` is
+        False (more than 16 paths empty on different axes met upstream) it may be a superset."""
         unit = self._check_unit(unit)
         if not clip:
             box = tuple(f.field.interval(u) for u, f in zip(unit, self.factors))
@@ -176,6 +178,7 @@ class LayerField:
             "uniform": self.uniform if known else None,
             "global": self.is_global,
             "unknown": not known,
+            "exact_hull": self.exact_hull,
         }
 
 

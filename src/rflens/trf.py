@@ -96,7 +96,7 @@ def _row(name: str, op: str, ref: TensorRef, analysis: Analysis, spatial: tuple[
     if any(a is None for a in axes) and not field.unknown and not lost:
         lost = ("no input axis can be followed to this output",)
     return LayerField(name, op, ref.shape, axes, not field.misaligned, field.is_global,
-                      tuple(sorted(field.unknown)), lost, spatial, factors)
+                      tuple(sorted(field.unknown)), lost, spatial, not field.approximate, factors)
 
 
 def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool) -> ReceptiveField:
@@ -128,6 +128,11 @@ def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool)
         warnings.append(f"op {u.op} in module {u.module or '(root)'} ({u.count}×) has {u.reason}: "
                         "its outputs and everything after them are marked unknown")
     layers = tuple(r[2] for r in rows)
+    approx = [layer.name for layer in layers if not layer.exact_hull]
+    if approx:
+        warnings.append(f"{len(approx)} layer(s), from {approx[0]} on, merge more paths that are "
+                        "empty on different axes than rflens tracks separately: their clipped boxes "
+                        "may be supersets of the exact ones")
     big = [layer.name for layer in layers if layer.exceeds_input and not layer.is_global]
     if big:
         warnings.append(f"{len(big)} layer(s) have a field larger than the input, from {big[0]} on")

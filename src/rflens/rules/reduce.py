@@ -35,9 +35,7 @@ def reduce_over(field: TensorField, shape_in, shape_out, dims: list[int]) -> Ten
             extra.extend(reduced)
             if keep:
                 new_dims.append((Factor(1),))
-    return TensorField(tuple(new_dims), is_global=field.is_global or spatial_reduced,
-                       misaligned=field.misaligned, unknown=field.unknown, lost=field.lost,
-                       extra=tuple(extra))
+    return field.with_dims(new_dims, is_global=field.is_global or spatial_reduced, extra=tuple(extra))
 
 
 @register("mean", "sum", "nansum", "amax", "amin", "max", "min", "argmax", "argmin", "prod",
