@@ -816,9 +816,10 @@ def draw_pad(data: st.DataObject, b: NetBuilder, src: int, *, crop: bool = False
     """Asymmetric constant padding (module or ``F.pad``); with ``crop`` amounts may be negative."""
     sizes = b.spatial(src)
     pairs = []
+    low = -3 if crop else 0
     for n in sizes:
-        left, right = data.draw(st.integers(-3 if crop else 0, 3)), data.draw(st.integers(-3 if crop else 0, 3))
-        while n + left + right < 1:
+        left, right = data.draw(st.integers(low, 3)), data.draw(st.integers(low, 3))
+        while n + min(left, 0) + min(right, 0) < 1:  # the crop alone must leave a pixel
             left, right = min(left + 1, 0) if left < 0 else left, min(right + 1, 0) if right < 0 else right
         pairs.append((left, right))
     if crop or data.draw(st.booleans()):
