@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from torch import nn
@@ -227,14 +226,7 @@ def test_growth_plot_per_axis_lines_and_unknown_layers():
     assert list(a0.get_ydata()) == [3, 5, 5] and list(a1.get_ydata()) == [5, 9, 9]
     assert sorted(set(artists(ax, "input-size")[0].get_ydata()) | set(artists(ax, "input-size")[1].get_ydata())) == [20, 30]
 
-    class Flip(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 1, 3)
-            self.after = nn.Conv2d(1, 1, 3)
-
-        def forward(self, x):
-            return self.after(torch.flip(self.conv(x), dims=[3]))
+    from nets import Flip
 
     rf = rflens.receptive_field(Flip(), (1, 16, 16))
     ax = plot.growth(rf).axes[0]

@@ -225,14 +225,7 @@ def test_resnet_sizes_derived_by_hand():
 
 # --- unknown ops, strictness, the user's model -----------------------------------------------------
 
-class Flip(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 1, 3)
-        self.after = nn.Conv2d(1, 1, 3)
-
-    def forward(self, x):
-        return self.after(torch.flip(self.conv(x), dims=[3]))
+from nets import Flip  # noqa: E402 (shared with the plot tests)
 
 
 def test_unknown_op_is_reported_never_identity():

@@ -1,0 +1,18 @@
+"""Small models shared by several test files."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Flip(nn.Module):
+    """A conv, a flip along the width (an op rflens does not follow), another conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+        self.after = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x):
+        return self.after(torch.flip(self.conv(x), dims=[3]))
