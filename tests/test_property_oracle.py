@@ -515,10 +515,6 @@ class _DiagonalSum(nn.Module):
         return sum(F.pad(x, (k, n - 1 - k, k, n - 1 - k)) for k in range(n))
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: rflens.fields.compact collapses more than "
-                   "MAX_COMPONENTS=16 components into per-axis unions, so clip=True over-approximates; "
-                   "flagged (LayerField.exact_hull, a warning), see test_trf::"
-                   "test_merged_component_overflow_is_flagged")
 def test_regression_many_components_stay_exact() -> None:
     # unit (0, c) of 17 diagonal copies: only copy k = 0 is real in row 0, so it sees pixel (0, c)
     # for c < 4 (the per-axis union over all copies would give columns 0..c)

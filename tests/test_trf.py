@@ -345,12 +345,12 @@ def test_circular_padding_reads_the_opposite_border():
 
 
 def test_merged_component_overflow_is_flagged():
-    # 17 diagonally shifted copies of the image summed: each copy is real on a different block of
-    # rows and columns, more components than rflens tracks; the clipped boxes become per-axis
+    # 65 diagonally shifted copies of the image summed: each copy is real on a different block of
+    # rows and columns, more components than rflens tracks (64); the clipped boxes become per-axis
     # unions (supersets) and that must be said, never silent
     class DiagonalSum(nn.Module):
         def forward(self, x):
-            n = 17
+            n = 65
             return sum(F.pad(x, (k, n - 1 - k, k, n - 1 - k)) for k in range(n))
 
     rf = rflens.receptive_field(DiagonalSum(), (1, 4, 4))

@@ -124,7 +124,7 @@ def flags_of(fields: list[TensorField]) -> dict:
 
 
 _BIG = np.int64(1) << 60
-MAX_COMPONENTS = 16
+MAX_COMPONENTS = 64
 
 
 def collapse(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

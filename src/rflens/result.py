@@ -133,7 +133,7 @@ class LayerField:
         ``clip=False``: the geometric field, which may reach into padding (negative or past the
         border); None for a unit that reads nothing (a transposed convolution's gaps). ``clip=True``: the exact hull of the real input pixels the unit depends on (None
         when it depends on none, e.g. a unit computed from padding only). When ``exact_hull`` is
-        False (more than 16 paths empty on different axes met upstream) it may be a superset."""
+        False (more than 64 paths empty on different axes met upstream) it may be a superset."""
         unit = self._check_unit(unit)
         if not clip:
             box = tuple(f.field.interval(u) for u, f in zip(unit, self.factors))
