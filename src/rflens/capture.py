@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from rflens.errors import RflensError
@@ -90,6 +90,14 @@ class _Recorder(TorchDispatchMode):
     def ref(self, t: torch.Tensor) -> TensorRef:
         return TensorRef(self.ids.get(t), tuple(t.shape))
 
+    def _refs(self, a):
+        """An argument with tensors replaced by TensorRefs (aten args nest one list deep)."""
+        if isinstance(a, torch.Tensor):
+            return self.ref(a)
+        if isinstance(a, (list, tuple)) and any(isinstance(b, torch.Tensor) for b in a):
+            return type(a)(self.ref(b) if isinstance(b, torch.Tensor) else b for b in a)
+        return a
+
     def tags_of(self, func) -> frozenset[str]:
         tags = self.tag_cache.get(func)
         if tags is None:
@@ -112,12 +120,13 @@ class _Recorder(TorchDispatchMode):
             decomposed = self._decompose(func, args, kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
-        inputs = tree_map(lambda t: self.ref(t) if isinstance(t, torch.Tensor) else t, (args, kwargs))
+        arg_refs = tuple(self._refs(a) for a in args)
+        kwarg_refs = {k: self._refs(v) for k, v in kwargs.items()}
         shortcut = _SHAPE_ONLY.get(func) if self.meta else None
         out = shortcut(*args, **kwargs) if shortcut else func(*args, **kwargs)
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        outs = _flat_tensors(out)
         refs = tuple(self.track(t) for t in outs)
-        node = Node(len(self.nodes), name, func._overloadname, tuple(inputs[0]), dict(inputs[1]),
+        node = Node(len(self.nodes), name, func._overloadname, arg_refs, kwarg_refs,
                     refs, self.stack[-1] if self.stack else "", tags,
                     self.origin[0] if self.origin else "")
         self.nodes.append(node)
@@ -165,6 +174,14 @@ class _Recorder(TorchDispatchMode):
             cur, node = entry
             steps.append((node.name, tuple(a for a in node.args[1:])))
         return tuple(reversed(steps))
+
+
+def _flat_tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for t in out if isinstance(t, torch.Tensor)]
+    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
 
 def _tensors(args, kwargs):
