@@ -247,6 +247,9 @@ def test_model_is_not_mutated():
     assert model.training and not model.layer2.training and model.layer3.training
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    from torch.nn.modules import module as module_mod  # rflens' global hooks are gone too
+
+    assert not module_mod._global_forward_hooks and not module_mod._global_forward_pre_hooks
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

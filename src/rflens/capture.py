@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
@@ -246,10 +247,14 @@ def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> C
     training = {m: m.training for m in model.modules()}
 
     def pre_hook(mod, _args):
-        recorder.stack.append(module_names.get(id(mod), "?"))
+        name = module_names.get(id(mod))
+        if name is not None:  # the hooks are global: other modules' calls are not ours
+            recorder.stack.append(name)
 
     def post_hook(mod, _args, out):
-        name = recorder.stack.pop() if recorder.stack else module_names.get(id(mod), "?")
+        if id(mod) not in module_names:
+            return
+        name = recorder.stack.pop() if recorder.stack else module_names[id(mod)]
         k = calls.get(name, 0)
         calls[name] = k + 1
         refs = tuple((s, recorder.ref(t)) for s, t in _module_outputs(out))
@@ -258,9 +263,8 @@ def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> C
     handles = []
     try:
         model.eval()
-        for mod in model.modules():
-            handles.append(mod.register_forward_pre_hook(pre_hook))
-            handles.append(mod.register_forward_hook(post_hook))
+        handles.append(register_module_forward_pre_hook(pre_hook))
+        handles.append(register_module_forward_hook(post_hook))
         if device == "meta":
             state = {k: _meta_like(v) for k, v in model.state_dict(keep_vars=True).items()}
             inputs = tuple(_meta_like(t) if isinstance(t, torch.Tensor) else t for t in inputs)
