@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
-__all__ = ["AxisMap", "Interval", "compose", "union", "conv_reads", "transposed_conv_reads",
-           "resample_reads", "window_reads", "constant_reads"]
+__all__ = ["AxisMap", "Interval", "compose", "union", "aligned", "transposed_conv_reads",
+           "window_reads", "constant_reads", "explicit_reads"]
 
 Interval = tuple[int, int]
 
@@ -69,9 +70,12 @@ class AxisMap:
         """Inclusive intervals ``(lo, hi)`` of the given unit indices (vectorised, int64)."""
         units = np.asarray(units, dtype=np.int64)
         block, phase = np.divmod(units, self.period)
-        lo = np.asarray(self.lo_table, dtype=np.int64)[phase] + block * self.shift
-        hi = np.asarray(self.hi_table, dtype=np.int64)[phase] + block * self.shift
-        return lo, hi
+        lo_table, hi_table = self._tables
+        return lo_table[phase] + block * self.shift, hi_table[phase] + block * self.shift
+
+    @cached_property
+    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.lo_table, dtype=np.int64), np.asarray(self.hi_table, dtype=np.int64)
 
     def interval(self, unit: int) -> Interval:
         lo, hi = self.evaluate(np.array([unit]))
@@ -81,7 +85,7 @@ class AxisMap:
     def has_no_empty(self) -> bool:
         return all(lo <= hi for lo, hi in zip(self.lo_table, self.hi_table))
 
-    @property
+    @cached_property
     def monotone(self) -> bool:
         """No empty unit and both ends non-decreasing in the unit index (then the hull over a
         range of units is given by its two endpoints). Convolution chains are; maps built from
@@ -259,8 +263,6 @@ def window_reads(kernel: int, stride: int, padding: int, dilation: int = 1) -> A
     return AxisMap(1, stride, (-padding,), (-padding + dilation * (kernel - 1),))
 
 
-conv_reads = window_reads
-
 
 def transposed_conv_reads(kernel: int, stride: int, padding: int, dilation: int = 1) -> AxisMap:
     """Transposed convolution: output ``o`` reads input ``i`` when ``o = i*s - p + j*d``, 0≤j<k."""
@@ -286,19 +288,6 @@ def _fill_empties(lo: list, hi: list, period: int, shift: int) -> AxisMap:
     return AxisMap.from_arrays(lo_f, hi_f, period, shift)
 
 
-def resample_reads(source_lo: "callable", source_hi: "callable", in_units: int, out_units: int,
-                   scale: Fraction) -> AxisMap:
-    """Generic periodic resampling: ``scale`` = input units per output unit (exact fraction).
-
-    ``source_lo(o)`` / ``source_hi(o)`` give the input units output ``o`` reads; they must be
-    periodic with period ``scale.denominator`` and shift ``scale.numerator``.
-    """
-    q, d = scale.denominator, scale.numerator
-    lo = [source_lo(o) for o in range(q)]
-    hi = [source_hi(o) for o in range(q)]
-    return AxisMap.from_arrays(np.array(lo), np.array(hi), q, d)
-
-
 def constant_reads(lo: int, hi: int) -> AxisMap:
     """Every output unit reads the same input units (a broadcast)."""
     return AxisMap(1, 0, (lo,), (hi,))
@@ -307,13 +296,3 @@ def constant_reads(lo: int, hi: int) -> AxisMap:
 def explicit_reads(lo: np.ndarray, hi: np.ndarray) -> AxisMap:
     """Reads given unit by unit (exact for the listed units only)."""
     return _explicit(np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
-
-
-def units_seeing(field: AxisMap, pixel: int, units: int) -> tuple[int, int] | None:
-    """Inclusive range of units (of ``units``) whose field contains ``pixel``, or None."""
-    idx = np.arange(units, dtype=np.int64)
-    lo, hi = field.evaluate(idx)
-    hit = np.nonzero((lo <= pixel) & (pixel <= hi))[0]
-    if hit.size == 0:
-        return None
-    return int(hit[0]), int(hit[-1])

@@ -54,10 +54,6 @@ def dim_size(dim: Dim) -> int:
     return n
 
 
-def is_spatial(dim: Dim) -> bool:
-    return any(f.axis is not None for f in dim)
-
-
 def single_spatial(dim: Dim) -> Factor | None:
     """The factor of a dimension that is exactly one spatial axis (else None)."""
     if len(dim) == 1 and dim[0].axis is not None:
@@ -85,21 +81,8 @@ class TensorField:
     extra: tuple[Factor, ...] = ()  # axes reduced to one unit (squeezed/selected/pooled away)
     approximate: bool = False  # exact hulls were merged per axis somewhere upstream (supersets)
 
-    @property
-    def trusted(self) -> bool:
-        return not self.unknown and not self.lost
-
     def with_dims(self, dims: tuple[Dim, ...] | list[Dim], **changes) -> "TensorField":
         return replace(self, dims=tuple(dims), **changes)
-
-    def spatial_dims(self) -> list[tuple[int, Factor]]:
-        """(tensor dim, factor) for every single-factor spatial dimension."""
-        out = []
-        for d, dim in enumerate(self.dims):
-            f = single_spatial(dim)
-            if f is not None:
-                out.append((d, f))
-        return out
 
     def axis_fields(self) -> dict[int, tuple[int | None, Factor]]:
         """input axis -> (tensor dim or None for a reduced axis, factor) for every axis whose field
