@@ -25,9 +25,10 @@ import warnings
 import torch
 import torchvision
 
-from rflens.analytic import analytic_erf
-from rflens.erf import ERFWarning, effective_receptive_field, find_layer, forward_to_layer, trf_of_unit
-from rflens.inputs import resolve_inputs
+from rflens.erf.analytic import analytic_erf
+from rflens.erf import ERFWarning, effective_receptive_field, trf_of_unit
+from rflens.trf import LayerRef, run_to_layer
+from rflens.erf.inputs import resolve_inputs
 
 CASES = [("resnet50", "layer4"), ("convnext_tiny", "features.5")]
 SHAPE = (3, 224, 224)
@@ -47,10 +48,10 @@ def plain_full(model: torch.nn.Module, xs: list[torch.Tensor]) -> None:
 
 
 def plain_to_layer(model: torch.nn.Module, layer: str, xs: list[torch.Tensor]) -> None:
-    target = find_layer(model, layer)
+    target = LayerRef.parse(layer, model)
     for x in xs:
         x = x.clone().requires_grad_(True)
-        y = forward_to_layer(model, target, x)
+        y = run_to_layer(model, target, (x,))
         torch.autograd.grad(y[:, :, y.shape[2] // 2, y.shape[3] // 2].sum(), x)
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from rflens.analytic import analytic_erf, analytic_result, chain_of, parse_chain, path_counts_1d
+from rflens.erf.analytic import analytic_erf, analytic_result, chain_of, parse_chain, path_counts_1d
 from rflens.errors import RflensError
 
 

@@ -322,7 +322,7 @@ def test_tensor_iterable_and_dataloader_inputs_agree():
 def test_image_folder_inputs_are_resized_and_normalised(tmp_path):
     from PIL import Image
 
-    from rflens.inputs import IMAGENET_MEAN, IMAGENET_STD, resolve_inputs
+    from rflens.erf.inputs import IMAGENET_MEAN, IMAGENET_STD, resolve_inputs
 
     Image.new("RGB", (50, 30), (255, 0, 128)).save(tmp_path / "a.png")
     Image.new("RGB", (20, 40), (0, 255, 0)).save(tmp_path / "b.jpg", quality=100)
@@ -341,7 +341,7 @@ def test_image_folder_inputs_are_resized_and_normalised(tmp_path):
 def test_bundled_sample_images_need_no_download():
     import skimage
 
-    from rflens.inputs import resolve_inputs, skimage_sample_files
+    from rflens.erf.inputs import resolve_inputs, skimage_sample_files
 
     files = skimage_sample_files()
     assert len(files) >= 10
@@ -354,7 +354,7 @@ def test_bundled_sample_images_need_no_download():
 
 
 def test_noise_inputs_are_seeded_per_sample():
-    from rflens.inputs import resolve_inputs
+    from rflens.erf.inputs import resolve_inputs
 
     a = list(zip(range(3), resolve_inputs("noise", (1, 4, 4), seed=1).samples((1, 4, 4))))
     b = list(zip(range(3), resolve_inputs("noise", (1, 4, 4), seed=1).samples((1, 4, 4))))

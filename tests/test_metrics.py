@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rflens.metrics import (HCA_THRESHOLDS, box_outside_fraction, central_extent, compute_metrics,
+from rflens.erf.metrics import (HCA_THRESHOLDS, box_outside_fraction, central_extent, compute_metrics,
                             fit_gaussian_1d, gaussian_fit, gaussian_outside_fraction,
                             high_contribution_area, log_scale, mass_radius, moments, reference_pixel)
 

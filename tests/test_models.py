@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-import rflens.models as models
+import rflens.sources.models as models
 from rflens.errors import RflensError
-from rflens.models import default_input_shape, load_model, parse_input
+from rflens.sources.models import default_input_shape, load_model, parse_input
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

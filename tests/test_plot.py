@@ -19,7 +19,7 @@ from torch import nn
 
 import rflens
 from rflens import plot
-from rflens.analytic import analytic_result
+from rflens.erf.analytic import analytic_result
 from rflens.cli import main
 from rflens.errors import RflensError
 

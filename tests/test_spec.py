@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rflens.errors import RflensError
-from rflens.spec import ACTIVATIONS, build_spec, load_spec, read_spec
+from rflens.sources.spec import ACTIVATIONS, build_spec, load_spec, read_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,25 +1,28 @@
 """rflens: exact theoretical and effective receptive fields of PyTorch models.
 
 ``rflens.receptive_field(model, input_shape=(3, 224, 224))`` gives the theoretical receptive field
-(size, jump, effective padding, centre, per-unit boxes) of every layer. Definitions follow
-``docs/receptive-fields.md``.
+(size, jump, effective padding, centre, per-unit boxes) of every layer;
+``rflens.effective_receptive_field(model, layer, ...)`` the measured ERF of one unit and
+``rflens.analytic_erf(...)`` its exact path-count form. Definitions follow
+``docs/receptive-fields.md``; ``docs/architecture.md`` shows how the packages are layered.
 """
 
 from rflens.errors import InputTooSmallError, RflensError, UnsupportedOpError
-from rflens.result import AxisField, LayerField, ReceptiveField
-from rflens.trf import receptive_field
+from rflens.trf import AxisField, LayerField, ReceptiveField, receptive_field
 
-__all__ = ["receptive_field", "ReceptiveField", "LayerField", "AxisField", "RflensError",
-           "UnsupportedOpError", "InputTooSmallError"]
+__all__ = ["receptive_field", "effective_receptive_field", "analytic_erf", "load_model",
+           "ReceptiveField", "LayerField", "AxisField", "RflensError", "UnsupportedOpError",
+           "InputTooSmallError"]
 __version__ = "0.1.0"
+
+_LAZY = {"effective_receptive_field": "rflens.erf", "analytic_erf": "rflens.erf",
+         "load_model": "rflens.sources"}
 
 
 def __getattr__(name: str):
     # heavier parts load on first use
-    if name in ("effective_receptive_field",):
-        from rflens import erf
-        return getattr(erf, name)
-    if name == "analytic_erf":
-        from rflens import analytic
-        return analytic.analytic_erf
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'rflens' has no attribute {name!r}")

@@ -20,7 +20,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):
     """(model, display name, input shape) from the MODEL and --input arguments."""
-    from rflens.models import default_input_shape, load_model, parse_input
+    from rflens.sources.models import default_input_shape, load_model, parse_input
 
     model, meta = load_model(args.model)
     if args.input is not None:

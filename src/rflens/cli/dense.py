@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rflens.dense import compare
-    from rflens.models import load_model, parse_input
+    from rflens.sources.models import load_model, parse_input
 
     _check_options(args)
     model, meta = load_model(args.model)

@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
 
 def _input_shape(args: argparse.Namespace, meta: dict) -> tuple[int, ...] | None:
     from rflens.erf import PRESETS
-    from rflens.models import default_input_shape, parse_input
+    from rflens.sources.models import default_input_shape, parse_input
 
     if args.input is not None:
         return tuple(parse_input(args.input))
@@ -74,7 +74,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def measure(args: argparse.Namespace):
     """The ERFResult the arguments ask for."""
-    from rflens.models import load_model
+    from rflens.sources.models import load_model
 
     import torch
 
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace):
     name = meta.get("name") or args.model
     shape = _input_shape(args, meta)
     if args.analytic:
-        from rflens.analytic import analytic_result
+        from rflens.erf.analytic import analytic_result
 
         result = analytic_result(model, args.layer, shape, unit=args.unit)
     else:
@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         _write(result.save, args.save)
     if args.plot:
-        _write(result.plot, args.plot)
+        from rflens import plot
+
+        _write(lambda path: plot.save(plot.erf_map(result), path), args.plot)
     return 0
 
 

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def render(rf, fmt: str) -> str:
-    from rflens import render as r
+    from rflens.trf import render as r
 
     if fmt == "json":
         return rf.to_json()
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         plot.save(plot.growth(full), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.verify:
-        from rflens.verify import verify
+        from rflens.trf.verify import verify
 
         mismatches = verify(model, rf, rf.names)
         if mismatches:

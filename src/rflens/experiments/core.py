@@ -3,7 +3,7 @@ fits, seeding, ERF measurement with warnings collected, and JSON conversion.
 
 Conventions used by every experiment:
 
-- **σ** is the Gaussian-fit sigma of :mod:`rflens.metrics` (least-squares fit to each axis marginal
+- **σ** is the Gaussian-fit sigma of :mod:`rflens.erf.metrics` (least-squares fit to each axis marginal
   of the ERF map, raw scaling, pixels); a 2-D map reports the mean of its two axes.
 - **Power laws** are fitted by least squares on ``log y = a + b log n``; the *exponent* is ``b``,
   R² is the coefficient of determination of that line in log-log space.

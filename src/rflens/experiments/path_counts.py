@@ -55,7 +55,7 @@ class PathCountsResult(ExperimentResult):
 
 def polynomial_counts(kernel: int, depth: int) -> list[int]:
     """Coefficients of ``(1 + x + ... + x^(kernel-1)) ** depth`` by repeated polynomial
-    multiplication in Python integers (independent of :mod:`rflens.analytic`)."""
+    multiplication in Python integers (independent of :mod:`rflens.erf.analytic`)."""
     coeffs = [1]
     for _ in range(depth):
         out = [0] * (len(coeffs) + kernel - 1)
@@ -94,7 +94,7 @@ def _exact_variance(counts: list[int]) -> Fraction:
 def run(depths: tuple[int, ...] = (2, 3), kernel: int = 3, seed: int = 0) -> PathCountsResult:
     """Path counts of ``n`` stacked ``kernel×kernel`` convs for each ``n`` in ``depths``. ``seed`` is
     accepted for a uniform interface; nothing here is random."""
-    from rflens.analytic import analytic_erf
+    from rflens.erf.analytic import analytic_erf
 
     notes: list[str] = []
     checks: list[Check] = []

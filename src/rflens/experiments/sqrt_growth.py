@@ -11,7 +11,7 @@ probed at the centre unit of its output on an input of ``length`` pixels (every 
 - ``random + ReLU``: ``weights="random", activations="as-is"``.
 
 Per depth: σ (Gaussian fit), the moment standard deviation, the fit's R², and the ERF/TRF ratio
-of :mod:`rflens.metrics` (the central 95 %-mass extent / TRF size). The exponent is the slope of
+of :mod:`rflens.erf.metrics` (the central 95 %-mass extent / TRF size). The exponent is the slope of
 ``log σ`` vs ``log n`` over depths ``n >= fit_from``; the ERF/TRF slope likewise. Why ``fit_from``
 (default 8): the laws are asymptotic — for a handful of layers the ERF still fills its TRF (the
 95 % extent cannot exceed it) and the Gaussian fit of a near-flat profile overestimates σ; both

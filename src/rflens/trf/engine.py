@@ -1,0 +1,147 @@
+"""The theoretical-receptive-field entry point: ``rflens.receptive_field(model, input_shape=...)``."""
+
+from __future__ import annotations
+
+import gc
+from typing import Sequence
+
+import torch
+
+from rflens.errors import RflensError, UnsupportedOpError
+from rflens.geometry.fields import TensorField
+from rflens.trf.capture import Capture, TensorRef, capture_with_fallback
+from rflens.trf.graph import Analysis, analyse
+from rflens.trf.result import AxisField, LayerField, ReceptiveField
+from rflens.trf.too_small import explain_too_small
+
+
+def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
+                    example_inputs=None, ops: bool = False, strict: bool = False,
+                    name: str | None = None) -> ReceptiveField:
+    """Exact theoretical receptive field of every layer of ``model``.
+
+    ``input_shape``: one input without the batch dimension, ``(C, *spatial)`` — e.g.
+    ``(3, 224, 224)``; the model runs on batch 1. Alternatively ``example_inputs``: a tensor or a
+    tuple of positional inputs (the first tensor's dimensions after the first two are spatial).
+    ``ops=True`` adds one row per aten op. ``strict=True`` raises :class:`UnsupportedOpError` if
+    any op has no rule. The model is not modified (it runs on meta copies of its weights, in eval
+    mode; its train/eval flags are restored).
+    """
+    inputs = _inputs(input_shape, example_inputs)
+    first = next(t for t in inputs if isinstance(t, torch.Tensor))
+    n_spatial = first.dim() - 2
+    if n_spatial < 1:
+        raise RflensError(f"input shape {tuple(first.shape[1:])} has no spatial axis; give "
+                          "(channels, *spatial), e.g. 3x224x224")
+    label = name or type(model).__name__
+    cap, analysis = trace(model, inputs, n_spatial)
+    result = _build(cap, analysis, label, tuple(first.shape), ops)
+    if strict and result.unsupported_ops:
+        u = result.unsupported_ops[0]
+        more = f" and {len(result.unsupported_ops) - 1} more" if len(result.unsupported_ops) > 1 else ""
+        raise UnsupportedOpError(f"op {u.op} in module {u.module or '(root)'} has {u.reason}{more}; "
+                                 "drop --strict to see the partial result")
+    return result
+
+
+def trace(model: torch.nn.Module, inputs: tuple, n_spatial: int) -> tuple[Capture, Analysis]:
+    """Capture ``model(*inputs)`` and give every captured tensor its field (the engine's first two
+    steps; :mod:`rflens.dense` and :mod:`rflens.tile` read the op graph from here). An input too
+    small for the model is explained (failing layer, minimum size)."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection in the middle of capture walks the whole model: pure overhead
+    try:
+        cap = capture_with_fallback(model, inputs)
+        return cap, analyse(cap, n_spatial)
+    except RflensError as exc:
+        explain_too_small(model, inputs, exc)
+        raise
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _inputs(input_shape, example_inputs) -> tuple:
+    if (input_shape is None) == (example_inputs is None):
+        raise RflensError("give exactly one of input_shape=(C, H, W) or example_inputs=")
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            return (example_inputs,)
+        inputs = tuple(example_inputs)
+        if not any(isinstance(t, torch.Tensor) for t in inputs):
+            raise RflensError("example_inputs holds no tensor")
+        return inputs
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) < 2 or any(s <= 0 for s in shape):
+        raise RflensError(f"input shape {shape} must be (channels, *spatial) with positive sizes, "
+                          "e.g. (3, 224, 224)")
+    return (torch.empty((1, *shape), device="meta"),)
+
+
+def _axis_fields(field: TensorField, n_spatial: int):
+    by_axis = field.axis_fields()
+    axes, factors = [], []
+    for k in range(n_spatial):
+        entry = by_axis.get(k)
+        if entry is None:
+            axes.append(None)
+            factors.append(None)
+            continue
+        f = entry[1]
+        m = f.field
+        axes.append(AxisField(m.size, m.jump, m.padding, m.center, m.uniform))
+        factors.append(f)
+    return tuple(axes), tuple(factors)
+
+
+def _row(name: str, op: str, ref: TensorRef, analysis: Analysis, spatial: tuple[int, ...]) -> LayerField | None:
+    if ref.id is None or ref.id not in analysis.fields:
+        return None  # the output does not depend on the input
+    field = analysis.fields[ref.id]
+    axes, factors = _axis_fields(field, len(spatial))
+    lost = tuple(sorted(field.lost))
+    if any(a is None for a in axes) and not field.unknown and not lost:
+        lost = ("no input axis can be followed to this output",)
+    return LayerField(name, op, ref.shape, axes, not field.misaligned, field.is_global,
+                      tuple(sorted(field.unknown)), lost, spatial, not field.approximate, factors)
+
+
+def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool) -> ReceptiveField:
+    spatial = tuple(input_shape[2:])
+    rows: list[tuple[int, int, LayerField]] = []
+    seen: dict[str, int] = {}
+    for order, event in enumerate(cap.modules):
+        base = event.name or "output"
+        if event.call:
+            base = f"{base}#{event.call + 1}"
+        for suffix, ref in event.outputs:
+            row = _row(base + suffix, event.type_name, ref, analysis, spatial)
+            if row is not None:
+                rows.append((event.after_node, order, row))
+    if ops:
+        for node in cap.nodes:
+            for k, ref in enumerate(node.outputs):
+                key = f"{node.module or 'output'}:{node.name}"
+                seen[key] = seen.get(key, 0) + 1
+                label_k = key if seen[key] == 1 else f"{key}#{seen[key]}"
+                row = _row(label_k + (f"[{k}]" if k else ""), f"aten.{node.name}", ref, analysis, spatial)
+                if row is not None:
+                    rows.append((node.index + 1, -1, row))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    warnings = list(cap.notes)
+    for issue in analysis.alignment:
+        warnings.append(issue.describe())
+    for u in analysis.unsupported:
+        warnings.append(f"op {u.op} in module {u.module or '(root)'} ({u.count}×) has {u.reason}: "
+                        "its outputs and everything after them are marked unknown")
+    layers = tuple(r[2] for r in rows)
+    approx = [layer.name for layer in layers if not layer.exact_hull]
+    if approx:
+        warnings.append(f"{len(approx)} layer(s), from {approx[0]} on, merge more paths that are "
+                        "empty on different axes than rflens tracks separately: their clipped boxes "
+                        "may be supersets of the exact ones")
+    big = [layer.name for layer in layers if layer.exceeds_input and not layer.is_global]
+    if big:
+        warnings.append(f"{len(big)} layer(s) have a field larger than the input, from {big[0]} on")
+    return ReceptiveField(label, tuple(input_shape), layers, tuple(analysis.alignment),
+                          tuple(analysis.unsupported), tuple(warnings), cap.path)

@@ -1,0 +1,95 @@
+"""Pointwise ops and merges: every op whose output unit reads the same-index unit of each input
+(with broadcasting). Several inputs with fields are several paths: their union, with an alignment
+check. A size-1 dimension of a *global* input broadcast over a spatial dimension (an SE gate) is
+treated as a constant for the geometric field; its global dependency is still propagated."""
+
+from __future__ import annotations
+
+from rflens.geometry.fields import Factor, TensorField, flags_of
+from rflens.trf.rules.axes import broadcast_factor, merge_dims
+from rflens.trf.rules.registry import OpCall, register
+
+
+def merged_extra(fields: list[TensorField], call: OpCall) -> tuple[Factor, ...]:
+    by_axis: dict[int, list] = {}
+    for f in fields:
+        for e in f.extra:
+            by_axis.setdefault(e.axis, []).append((e,))
+    out = []
+    for axis, dims in sorted(by_axis.items()):
+        merged = merge_dims(dims, 1, axis, call, list(range(len(dims))))
+        if merged is not None:
+            out.append(merged[0])
+    return tuple(out)
+
+
+def broadcast_merge(call: OpCall, shape: tuple[int, ...]) -> TensorField | None:
+    """Field of an output of ``shape`` whose unit reads the same-index unit of every input."""
+    args = [(pos, a) for pos, a in enumerate(call.tensor_args) if a.field is not None]
+    if not args:
+        return None
+    nd = len(shape)
+    dims, lost = [], set()
+    for d in range(nd):
+        contributions, positions, globals_ = [], [], []
+        for pos, a in args:
+            k = d - (nd - len(a.shape))
+            if k < 0:
+                continue
+            dim = a.field.dims[k]
+            if a.shape[k] == shape[d]:
+                contributions.append(dim)
+            elif a.shape[k] == 1:
+                if a.field.is_global:
+                    continue
+                contributions.append(tuple(broadcast_factor(f, shape[d]) for f in dim))
+            else:
+                lost.add(f"{call.name}: shapes {a.shape} and {shape} do not broadcast")
+                continue
+            positions.append(pos)
+            globals_.append(a.field.is_global)
+        merged = merge_dims(contributions, shape[d], d, call, positions, globals_)
+        if merged is None:
+            lost.add(f"{call.name} merges tensors whose dimension {d} carries different axes")
+            merged = (Factor(shape[d]),)
+        dims.append(merged)
+    fields = [a.field for _, a in args]
+    flags = flags_of(fields)
+    flags["misaligned"] = flags["misaligned"] or bool(call.misalignments)
+    flags["lost"] = flags["lost"] | frozenset(lost)
+    return TensorField(tuple(dims), extra=merged_extra(fields, call), **flags)
+
+
+@register("<pointwise>", "_to_copy", "clone", "detach", "alias", "lift_fresh", "lift_fresh_copy",
+          "contiguous", "native_dropout", "dropout", "feature_dropout", "alpha_dropout",
+          "_conj", "resolve_conj", "resolve_neg", "masked_fill", "_masked_scale",
+          "type_as", "to", "expand", "expand_copy", "broadcast_to", "_foreach_add",
+          "clamp_min", "clamp_max", "hardtanh", "relu6", "prelu", "_prelu_kernel", "glu_jvp")
+def pointwise(call: OpCall) -> list:
+    return [broadcast_merge(call, s) for s in call.out_shapes]
+
+
+@register("copy", "copy_")
+def copy(call: OpCall) -> list:
+    """``dst.copy_(src)``: the destination now holds ``src`` (broadcast); its old content is gone."""
+    src = call.arg(1, "src")
+    sub = OpCall(call.name, (src,), {}, call.out_shapes, call.tags, call.misalignments)
+    return [broadcast_merge(sub, call.out_shapes[0])]
+
+
+@register("zeros_like", "empty_like", "ones_like", "full_like", "rand_like", "randn_like",
+          "randint_like", "new_zeros", "new_empty", "new_ones", "new_full", "new_empty_strided",
+          "empty_strided", "scalar_tensor", "zero", "zero_")
+def constant(call: OpCall) -> list:
+    """Ops whose output does not depend on the values of their tensor inputs."""
+    return [None for _ in call.out_shapes]
+
+
+@register("fill", "fill_")
+def fill(call: OpCall) -> list:
+    """``fill(self, value)``: the output holds ``value`` (a scalar, or a 0-d tensor) everywhere."""
+    value = call.arg(1, "value")
+    if getattr(value, "field", None) is None:
+        return [None for _ in call.out_shapes]
+    sub = OpCall(call.name, (value,), {}, call.out_shapes, call.tags, call.misalignments)
+    return [broadcast_merge(sub, call.out_shapes[0])]

@@ -1,0 +1,311 @@
+"""Shape ops: view/reshape, permute/transpose, (un)squeeze, slicing, select, split, cat/stack.
+
+Spatial dimensions are followed through all of them. ``view`` works on factors: flattening
+dimensions concatenates their factors and splitting at factor boundaries restores them; a view
+that would split a spatial axis itself loses the geometry (reported, never guessed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rflens.geometry.axis import AxisMap, explicit_reads
+from rflens.geometry.fields import Dim, Factor, TensorField, collapse, dim_size, flags_of
+from rflens.trf.rules.axes import apply_reads, merge_dims, normalise, taps_of
+from rflens.trf.rules.merge import broadcast_merge
+from rflens.trf.rules.registry import Arg, OpCall, register
+
+
+def _wrap(d: int, n: int) -> int:
+    return d + n if d < 0 else d
+
+
+def regroup(dims: tuple[Dim, ...], shape: tuple[int, ...]) -> tuple[list[Dim], list[Factor]] | None:
+    """Factors of ``dims`` regrouped into dimensions of ``shape``; None if a spatial factor would
+    be split. Also returns spatial size-1 factors that were dropped (they become reduced axes)."""
+    factors = [f for d in dims for f in d]
+    out: list[Dim] = []
+    dropped: list[Factor] = []
+    i = 0
+    for size in shape:
+        group: list[Factor] = []
+        prod = 1
+        while prod < size:
+            while i < len(factors) and factors[i].size == 1:
+                if factors[i].axis is not None:
+                    dropped.append(factors[i])
+                i += 1
+            if i >= len(factors):
+                return None
+            f = factors[i]
+            if size % (prod * f.size) == 0:
+                group.append(f)
+                prod *= f.size
+                i += 1
+            elif f.axis is None and f.size % (size // prod) == 0 and size % prod == 0:
+                need = size // prod
+                group.append(Factor(need))
+                factors[i] = Factor(f.size // need)
+                prod = size
+            else:
+                return None
+        if size == 1:
+            if i < len(factors) and factors[i].size == 1:
+                group.append(factors[i])
+                i += 1
+            else:
+                group.append(Factor(1))
+        out.append(normalise(tuple(group)))
+    for f in factors[i:]:
+        if f.size != 1:
+            return None
+        if f.axis is not None:
+            dropped.append(f)
+    return out, dropped
+
+
+@register("squeeze", "squeeze_", "squeeze_copy")
+def squeeze(call: OpCall) -> list:
+    """Drop the named size-1 dimensions (all size-1 dimensions without ``dim``); a dropped
+    spatial dimension becomes a reduced axis (its one unit keeps its field)."""
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    n = len(x.shape)
+    dim = call.arg(1, "dim")
+    if dim is None:
+        drop = {d for d in range(n) if x.shape[d] == 1}
+    else:
+        drop = {_wrap(d, n) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+        drop = {d for d in drop if x.shape[d] == 1}
+    kept = [dim_ for d, dim_ in enumerate(x.field.dims) if d not in drop]
+    gone = tuple(f for d in sorted(drop) for f in x.field.dims[d] if f.axis is not None)
+    return [x.field.with_dims(kept, extra=x.field.extra + gone)]
+
+
+@register("unsqueeze", "unsqueeze_", "unsqueeze_copy")
+def unsqueeze(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    d = _wrap(call.arg(1, "dim"), len(x.shape) + 1)
+    dims = list(x.field.dims)
+    dims.insert(d, (Factor(1),))
+    return [x.field.with_dims(dims)]
+
+
+@register("view", "_unsafe_view", "reshape", "_reshape_alias", "view_copy", "_reshape_copy",
+          "unflatten", "flatten", "view_as")
+def view(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    shape = call.out_shapes[0]
+    got = regroup(x.field.dims, shape)
+    if got is None:
+        lost = x.field.lost | {f"{call.name} from {x.shape} to {shape} splits a spatial axis"}
+        return [x.field.with_dims([(Factor(s),) for s in shape], lost=lost)]
+    dims, dropped = got
+    return [x.field.with_dims(dims, extra=x.field.extra + tuple(dropped))]
+
+
+@register("permute", "permute_copy", "transpose", "transpose_", "t", "t_", "movedim", "swapaxes",
+          "numpy_T", "mT", "adjoint")
+def permute(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    n = len(x.shape)
+    if call.name in ("permute", "permute_copy"):
+        order = [_wrap(d, n) for d in call.arg(1, "dims")]
+    else:
+        if call.name in ("t", "t_"):
+            a, b = (0, 1) if n == 2 else (0, 0)
+        else:
+            a, b = _wrap(call.arg(1, "dim0"), n), _wrap(call.arg(2, "dim1"), n)
+        order = list(range(n))
+        order[a], order[b] = order[b], order[a]
+    return [x.field.with_dims([x.field.dims[d] for d in order])]
+
+
+def _slice_dim(field: TensorField, d: int, start: int, step: int, n_out: int) -> TensorField:
+    dim = field.dims[d]
+    dims = list(field.dims)
+    if len(dim) == 1 and dim[0].axis is not None:
+        reads = AxisMap(1, step, (start,), (start,))
+        dims[d] = (apply_reads(dim[0], reads, n_out),)
+        return field.with_dims(dims)
+    if dim_size(dim) == n_out and start == 0 and step == 1:
+        return field
+    if any(f.axis is not None for f in dim):
+        return field.with_dims(dims, lost=field.lost | {"a slice of a flattened spatial dimension"})
+    dims[d] = (Factor(n_out),)
+    return field.with_dims(dims)
+
+
+def _norm_start(start, n: int) -> int:
+    start = 0 if start is None else start
+    start = start + n if start < 0 else start
+    return min(max(start, 0), n)
+
+
+@register("slice", "slice_copy", "narrow", "slice_inverse")
+def slice_(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    n = len(x.shape)
+    d = _wrap(call.arg(1, "dim", 0), n)
+    start = _norm_start(call.arg(2, "start", 0), x.shape[d])
+    step = 1 if call.name == "narrow" else (call.arg(4, "step", 1) or 1)
+    return [_slice_dim(x.field, d, start, step, call.out_shapes[0][d])]
+
+
+@register("select", "select_copy")
+def select(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    n = len(x.shape)
+    d = _wrap(call.arg(1, "dim"), n)
+    index = call.arg(2, "index")
+    index = index + x.shape[d] if index < 0 else index
+    one = _slice_dim(x.field, d, index, 1, 1)
+    dims = list(one.dims)
+    removed = dims.pop(d)
+    extra = one.extra + tuple(f for f in removed if f.axis is not None)
+    return [one.with_dims(dims, extra=extra)]
+
+
+@register("split", "split_with_sizes", "unsafe_split", "chunk", "tensor_split",
+          "split_with_sizes_copy", "unbind")
+def split(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None for _ in call.out_shapes]
+    n = len(x.shape)
+    dim_arg = 1 if call.name == "unbind" else 2
+    d = _wrap(call.arg(dim_arg, "dim", 0), n)
+    out, offset = [], 0
+    for shape in call.out_shapes:
+        if call.name == "unbind":
+            sub = OpCall("select", (x, d, offset), {}, [shape])
+            out.append(select(sub)[0])
+            offset += 1
+            continue
+        out.append(_slice_dim(x.field, d, offset, 1, shape[d]))
+        offset += shape[d]
+    return out
+
+
+def _concat_spatial(args: list[Arg], d: int, n_out: int, axis: int) -> Factor:
+    """Concatenation along a spatial axis: unit ``o`` comes from the piece it falls in."""
+    los, his, glo, ghi = [], [], [], []
+    for a in args:
+        n = a.shape[d]
+        f = a.field.dims[d][0] if a.field is not None else None
+        if f is None or f.axis != axis:
+            los.append(np.full((1, n), 1, dtype=np.int64))
+            his.append(np.full((1, n), 0, dtype=np.int64))
+            glo.append(np.full(n, 1, dtype=np.int64))
+            ghi.append(np.full(n, 0, dtype=np.int64))
+            continue
+        lo, hi = collapse(f.lo, f.hi)  # pieces may have different component counts
+        los.append(lo)
+        his.append(hi)
+        gl, gh = f.field.evaluate(np.arange(n))
+        glo.append(gl)
+        ghi.append(gh)
+    fmap = explicit_reads(np.concatenate(glo), np.concatenate(ghi))
+    return Factor(n_out, axis, fmap, np.concatenate(los, axis=1), np.concatenate(his, axis=1))
+
+
+@register("cat", "concat", "concatenate", "stack", "hstack", "vstack")
+def cat(call: OpCall) -> list:
+    tensors = [a for a in call.arg(0, "tensors") if isinstance(a, Arg)]
+    shape = call.out_shapes[0]
+    live = [a for a in tensors if a.field is not None]
+    if not live:
+        return [None]
+    nd = len(shape)
+    stacking = call.name == "stack"
+    d = _wrap(call.arg(1, "dim", 0), nd if stacking else len(tensors[0].shape))
+    if not stacking:
+        live_tensors = [a for a in tensors if not (len(a.shape) == 1 and a.shape[0] == 0)]
+        tensors = live_tensors
+    other = [k for k in range(nd) if k != d]
+    dims: list[Dim | None] = [None] * nd
+    lost = set()
+    for k in other:
+        src = k if (not stacking or k < d) else k - 1
+        contributions, positions, globals_ = [], [], []
+        for pos, a in enumerate(tensors):
+            if a.field is not None:
+                contributions.append(a.field.dims[src])
+                positions.append(pos)
+                globals_.append(a.field.is_global)
+        merged = merge_dims(contributions, shape[k], k, call, positions, globals_)
+        if merged is None:
+            lost.add(f"{call.name} of tensors whose dimension {k} carries different axes")
+            merged = (Factor(shape[k]),)
+        dims[k] = merged
+    if stacking:
+        dims[d] = (Factor(shape[d]),)
+    else:
+        spatial = {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
+        single = all(len(a.field.dims[d]) == 1 for a in live)
+        if not spatial:
+            dims[d] = (Factor(shape[d]),)
+        elif len(spatial) == 1 and single:
+            dims[d] = (_concat_spatial(tensors, d, shape[d], spatial.pop()),)
+        else:
+            lost.add(f"{call.name} along a flattened spatial dimension")
+            dims[d] = (Factor(shape[d]),)
+    flags = flags_of([a.field for a in live])
+    flags["misaligned"] = flags["misaligned"] or bool(call.misalignments)
+    flags["lost"] = flags["lost"] | frozenset(lost)
+    return [TensorField(tuple(dims), **flags)]
+
+
+@register("expand_as", "repeat")
+def repeat(call: OpCall) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    if call.name == "expand_as":
+        return [broadcast_merge(OpCall(call.name, (x,), {}, call.out_shapes), call.out_shapes[0])]
+    shape = call.out_shapes[0]
+    reps = list(call.arg(1, "repeats"))
+    nd = len(shape)
+    dims = []
+    for k in range(nd):
+        src = k - (nd - len(x.shape))
+        if src < 0 or reps[k] == 1:
+            dims.append(x.field.dims[src] if src >= 0 else (Factor(shape[k]),))
+            continue
+        dim = x.field.dims[src]
+        if any(f.axis is not None for f in dim):
+            n = x.shape[src]
+            idx = np.arange(shape[k]) % n
+            f = dim[0]
+            gl, gh = f.field.evaluate(idx)
+            dims.append((Factor(shape[k], f.axis, explicit_reads(gl, gh), f.lo[:, idx], f.hi[:, idx]),))
+        else:
+            dims.append((Factor(shape[k]),))
+    return [x.field.with_dims(dims)]
+
+
+__all__ = ["regroup", "taps_of"]
+
+
+@register("as_strided", "as_strided_", "as_strided_copy")
+def as_strided(call: OpCall) -> list:
+    """Re-striding in place is only followed when it cannot move spatial data: same sizes and every
+    spatial dimension of size 1 (PyTorch uses it to fix the memory format of pooled outputs)."""
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None]
+    shape = call.out_shapes[0]
+    spatial_sizes = [f.size for d in x.field.dims for f in d if f.axis is not None]
+    if tuple(shape) == tuple(x.shape) and all(n == 1 for n in spatial_sizes):
+        return [x.field]
+    raise NotImplementedError("as_strided may move spatial data")

@@ -1,0 +1,151 @@
+"""Sliding-window ops: convolution (1/2/3-D, grouped, dilated, transposed), max/avg pooling,
+adaptive pooling, pixel (un)shuffle. Each spatial dimension is handled independently."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rflens.geometry.axis import AxisMap, transposed_conv_reads, window_reads
+from rflens.geometry.fields import Factor, TensorField, single_spatial
+from rflens.trf.rules.axes import apply_reads, taps_of
+from rflens.trf.rules.registry import OpCall, register
+
+
+def per_axis(value, n: int) -> list[int]:
+    """PyTorch's int-or-list arguments: a length-1 list (or an int) applies to every axis."""
+    if isinstance(value, int):
+        return [value] * n
+    value = list(value)
+    return value * n if len(value) == 1 else value
+
+
+def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool = True,
+                   taps_for=None, step_for=None) -> TensorField:
+    """Field of an op that reads along the last ``n_spatial`` dimensions of ``x`` with
+    ``reads_for(k) -> AxisMap`` on the k-th of them; dimension 1 becomes a plain channel
+    dimension when ``channels_plain``."""
+    field: TensorField = x.field
+    nd = len(x.shape)
+    dims, lost = list(field.dims), set(field.lost)
+    for k in range(n_spatial):
+        d = nd - n_spatial + k
+        n_out = out_shape[d]
+        dim = field.dims[d]
+        f = single_spatial(dim)
+        if f is None:
+            if any(g.axis is not None for g in dim):
+                lost.add("a window op over a flattened spatial dimension")
+            dims[d] = (Factor(n_out),)
+            continue
+        reads = reads_for(k)
+        taps = taps_for(k, reads, n_out, f.size) if taps_for else None
+        step = step_for(k) if step_for else 1
+        dims[d] = (apply_reads(f, reads, n_out, taps, step),)
+    if channels_plain and nd - n_spatial >= 2:
+        dims[1] = (Factor(out_shape[1]),)
+    return field.with_dims(dims, lost=frozenset(lost))
+
+
+@register("convolution", "_convolution", "convolution_overrideable", "mkldnn_convolution",
+          "cudnn_convolution", "conv_tbc_never")
+def convolution(call: OpCall) -> list:
+    x, w = call.arg(0, "input"), call.arg(1, "weight")
+    if x.field is None:
+        return [None]
+    n = len(w.shape) - 2
+    stride = per_axis(call.arg(3, "stride", 1), n)
+    padding = per_axis(call.arg(4, "padding", 0), n)
+    dilation = per_axis(call.arg(5, "dilation", 1), n)
+    transposed = bool(call.arg(6, "transposed", False))
+    kernel = list(w.shape[2:])
+
+    def reads(k: int) -> AxisMap:
+        if transposed:
+            return transposed_conv_reads(kernel[k], stride[k], padding[k], dilation[k])
+        return window_reads(kernel[k], stride[k], padding[k], dilation[k])
+
+    def step(k: int) -> int:
+        # a transposed conv's taps i = (o + p - j*d)/s are d/gcd(s, d) apart
+        return dilation[k] // math.gcd(stride[k], dilation[k]) if transposed else dilation[k]
+
+    def taps(k, r, n_out, n_in):
+        return taps_of(r, n_out, n_in, step(k))
+
+    out = spatial_update(x, call.out_shapes[0], n, reads, taps_for=taps, step_for=step)
+    others = [a.field for a in (w, call.arg(2, "bias")) if getattr(a, "field", None) is not None]
+    if others:  # weights computed from the input (dynamic convolution): a global dependency
+        out = out.with_dims(out.dims, is_global=True)
+    return [out]
+
+
+def _pool(call: OpCall, n: int, has_dilation: bool) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None for _ in call.out_shapes]
+    kernel = per_axis(call.arg(1, "kernel_size"), n)
+    stride = call.arg(2, "stride", None)
+    stride = kernel if not stride else per_axis(stride, n)
+    padding = per_axis(call.arg(3, "padding", 0), n)
+    dilation = per_axis(call.arg(4, "dilation", 1), n) if has_dilation else [1] * n
+
+    out = spatial_update(x, call.out_shapes[0], n,
+                         lambda k: window_reads(kernel[k], stride[k], padding[k], dilation[k]),
+                         channels_plain=False,
+                         taps_for=lambda k, r, n_out, n_in: taps_of(r, n_out, n_in, dilation[k]),
+                         step_for=lambda k: dilation[k])
+    return [out for _ in call.out_shapes]
+
+
+for _n in (1, 2, 3):
+    register(f"max_pool{_n}d", f"max_pool{_n}d_with_indices", f"quantized_max_pool{_n}d",
+             f"mkldnn_max_pool{_n}d")(lambda call, n=_n: _pool(call, n, True))
+    register(f"avg_pool{_n}d")(lambda call, n=_n: _pool(call, n, False))
+
+
+def adaptive_reads(n_in: int, n_out: int) -> AxisMap:
+    """Adaptive pooling windows ``floor(i*n/m) .. ceil((i+1)*n/m) - 1`` (exact, periodic)."""
+    g = math.gcd(n_in, n_out)
+    q, d = n_out // g, n_in // g
+    lo = [(i * n_in) // n_out for i in range(q)]
+    hi = [-((-(i + 1) * n_in) // n_out) - 1 for i in range(q)]
+    return AxisMap.from_arrays(np.array(lo), np.array(hi), q, d)
+
+
+def _adaptive(call: OpCall, n: int) -> list:
+    x = call.arg(0, "self")
+    if x.field is None:
+        return [None for _ in call.out_shapes]
+    shape = call.out_shapes[0]
+    nd = len(x.shape)
+    out = spatial_update(x, shape, n, lambda k: adaptive_reads(x.shape[nd - n + k], shape[nd - n + k]),
+                         channels_plain=False)
+    pooled_whole_axis = any(shape[nd - n + k] == 1 and x.shape[nd - n + k] > 1 for k in range(n))
+    if pooled_whole_axis and any(single_spatial(x.field.dims[nd - n + k]) for k in range(n)):
+        out = out.with_dims(out.dims, is_global=True)
+    return [out for _ in call.out_shapes]
+
+
+for _n in (1, 2, 3):
+    register(f"adaptive_avg_pool{_n}d", f"_adaptive_avg_pool{_n}d", f"adaptive_max_pool{_n}d",
+             f"mkldnn_adaptive_avg_pool{_n}d")(lambda call, n=_n: _adaptive(call, n))
+
+
+@register("pixel_shuffle")
+def pixel_shuffle(call: OpCall) -> list:
+    """Output unit ``o`` reads input unit ``o // r`` on each of the last two axes (jump J/r)."""
+    x, r = call.arg(0, "self"), call.arg(1, "upscale_factor")
+    if x.field is None:
+        return [None]
+    reads = AxisMap(r, 1, tuple([0] * r), tuple([0] * r))
+    return [spatial_update(x, call.out_shapes[0], 2, lambda k: reads)]
+
+
+@register("pixel_unshuffle")
+def pixel_unshuffle(call: OpCall) -> list:
+    """Output unit ``o`` gathers input units ``o*r .. o*r + r - 1`` (across its channels)."""
+    x, r = call.arg(0, "self"), call.arg(1, "downscale_factor")
+    if x.field is None:
+        return [None]
+    return [spatial_update(x, call.out_shapes[0], 2, lambda k: window_reads(r, r, 0))]
