@@ -24,6 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from rflens.errors import RflensError
 from rflens.trf.instrument import ModuleTracker, eval_mode, meta_state, output_items
 from rflens.trf.rules import lookup
+from rflens.trf.rules.registry import SCHEMAS
 from rflens.trf.rules.writeback import INPLACE_WRITEBACK
 
 
@@ -46,6 +47,7 @@ class Node:
     module: str             # innermost running module path ("" = the root module)
     tags: frozenset[str]
     origin: str = ""        # the op this one was decomposed from, if any
+    schema: tuple = ()      # (name, default) of every argument, in the op's schema order
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class _Recorder(TorchDispatchMode):
         self.nodes: list[Node] = []
         self.stack: list[str] = []
         self.tag_cache: dict = {}
+        self.schema_cache: dict = {}
         self.origin: list[str] = []
         self.meta = False
         self.muted = 0  # > 0 while a composite runs: its inner ops are not recorded
@@ -113,6 +116,14 @@ class _Recorder(TorchDispatchMode):
             tags = self.tag_cache[func] = frozenset(names)
         return tags
 
+    def schema_of(self, func) -> tuple:
+        schema = self.schema_cache.get(func)
+        if schema is None:
+            schema = self.schema_cache[func] = tuple(
+                (a.name, a.default_value if a.has_default_value() else None)
+                for a in func._schema.arguments)
+        return schema
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.muted or not any(t in self.ids for t in _tensors(args, kwargs)):
@@ -131,7 +142,7 @@ class _Recorder(TorchDispatchMode):
         refs = tuple(self.track(t) for t in outs)
         node = Node(len(self.nodes), name, func._overloadname, arg_refs, kwarg_refs,
                     refs, self.stack[-1] if self.stack else "", tags,
-                    self.origin[0] if self.origin else "")
+                    self.origin[0] if self.origin else "", self.schema_of(func))
         self.nodes.append(node)
         if func._schema.is_mutable:
             self._write_back(node, outs)
@@ -151,7 +162,8 @@ class _Recorder(TorchDispatchMode):
             self.muted -= 1
         refs = tuple(self.track(t) for t in _flat_tensors(out))
         self.nodes.append(Node(len(self.nodes), name, "", tuple(self._refs(a) for a in args), {},
-                               refs, self.stack[-1] if self.stack else "", frozenset()))
+                               refs, self.stack[-1] if self.stack else "", frozenset(),
+                               schema=_pseudo_schema(name)))
         return out
 
     def _decompose(self, func, args, kwargs):
@@ -176,7 +188,8 @@ class _Recorder(TorchDispatchMode):
             view = self.ref(t)
             new = self.track(base)
             self.nodes.append(Node(len(self.nodes), INPLACE_WRITEBACK, "", (old, view),
-                                   {"chain": self._chain(t, base)}, (new,), node.module, frozenset()))
+                                   {"chain": self._chain(t, base)}, (new,), node.module, frozenset(),
+                                   schema=_pseudo_schema(INPLACE_WRITEBACK)))
 
     def _chain(self, view: torch.Tensor, base: torch.Tensor) -> tuple | None:
         """The view ops (name, args) that lead from ``base`` to ``view``, base first; None when
@@ -190,6 +203,10 @@ class _Recorder(TorchDispatchMode):
             cur, node = entry
             steps.append((node.name, tuple(a for a in node.args[1:])))
         return tuple(reversed(steps))
+
+
+def _pseudo_schema(name: str) -> tuple:
+    return tuple((n, None) for n in SCHEMAS[name])
 
 
 class _Composites(TorchFunctionMode):

@@ -101,7 +101,7 @@ def analyse(cap: Capture, n_spatial: int) -> Analysis:
 def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
     args = _to_arg(node.args, fields)
     kwargs = {k: _to_arg(v, fields) for k, v in node.kwargs.items()}
-    call = OpCall(node.name, args, kwargs, [r.shape for r in node.outputs], node.tags)
+    call = OpCall(node.name, args, kwargs, [r.shape for r in node.outputs], node.tags, schema=node.schema)
     live = call.fields
     rule = lookup(node.name, node.tags)
     reason = "no receptive-field rule"

@@ -57,40 +57,33 @@ def _unique_axes(extra: list, call: OpCall) -> tuple:
                  for axis, dims in sorted(by_axis.items()))
 
 
-@register("mm", "bmm", "matmul", "_int_mm")
+@register("mm", "bmm", "_int_mm")
 def mm(call: OpCall) -> list:
-    return [product(call, call.args[0], call.args[1], call.out_shapes[0])]
+    return [product(call, call.input, call.kw["mat2"], call.out_shapes[0])]
 
 
 @register("addmm", "baddbmm", "addbmm")
 def addmm(call: OpCall) -> list:
-    prod = product(call, call.args[1], call.args[2], call.out_shapes[0])
-    bias = call.args[0]
+    """``self + a @ b`` (``self`` broadcast: usually a constant bias)."""
+    kw = call.kw
+    a, b = (kw["mat1"], kw["mat2"]) if "mat1" in kw else (kw["batch1"], kw["batch2"])
+    shape = call.out_shapes[0]
+    prod = product(call, a, b, shape)
+    bias = call.input
     if bias.field is None:
         return [prod]
-    if prod is None:
-        return [broadcast_merge(OpCall(call.name, (bias,), {}, call.out_shapes), call.out_shapes[0])]
-    as_arg = Arg(call.out_shapes[0], prod)
-    return [broadcast_merge(OpCall(call.name, (bias, as_arg), {}, call.out_shapes,
-                                   misalignments=call.misalignments), call.out_shapes[0])]
-
-
-@register("linear")
-def linear(call: OpCall) -> list:
-    x, w = call.args[0], call.args[1]
-    wt = Arg((w.shape[1], w.shape[0]) if len(w.shape) == 2 else w.shape, w.field)
-    prod = product(call, x, wt, call.out_shapes[0]) if len(x.shape) >= 2 else None
-    return [prod]
+    parts = [bias] if prod is None else [bias, Arg(shape, prod)]
+    return [broadcast_merge(call, shape, parts)]
 
 
 @register("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
-          "_scaled_dot_product_attention_math", "_scaled_dot_product_flash_attention",
-          "_scaled_dot_product_cudnn_attention", "scaled_dot_product_attention",
+          "_scaled_dot_product_flash_attention", "_scaled_dot_product_cudnn_attention",
           "_scaled_dot_product_fused_attention_overrideable", "_scaled_dot_product_attention_math_for_mps")
 def attention(call: OpCall) -> list:
     """Each query token mixes every key/value token: global along the token axis; the output
     keeps the query's fields (its own token's local path)."""
-    q, k, v = call.args[0], call.args[1], call.args[2]
+    kw = call.kw
+    q, k, v = kw["query"], kw["key"], kw["value"]
     live = [x.field for x in (q, k, v) if x.field is not None]
     if not live:
         return [None for _ in call.out_shapes]

@@ -23,9 +23,11 @@ def merged_extra(fields: list[TensorField], call: OpCall) -> tuple[Factor, ...]:
     return tuple(out)
 
 
-def broadcast_merge(call: OpCall, shape: tuple[int, ...]) -> TensorField | None:
-    """Field of an output of ``shape`` whose unit reads the same-index unit of every input."""
-    args = [(pos, a) for pos, a in enumerate(call.tensor_args) if a.field is not None]
+def broadcast_merge(call: OpCall, shape: tuple[int, ...], inputs: list | None = None) -> TensorField | None:
+    """Field of an output of ``shape`` whose unit reads the same-index unit of every input (the
+    call's tensor arguments, or ``inputs``: a list of :class:`Arg`)."""
+    args = [(pos, a) for pos, a in enumerate(call.tensor_args if inputs is None else inputs)
+            if a.field is not None]
     if not args:
         return None
     nd = len(shape)
@@ -61,10 +63,8 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...]) -> TensorField | None:
 
 
 @register("<pointwise>", "_to_copy", "clone", "detach", "alias", "lift_fresh", "lift_fresh_copy",
-          "contiguous", "native_dropout", "dropout", "feature_dropout", "alpha_dropout",
-          "_conj", "resolve_conj", "resolve_neg", "masked_fill", "_masked_scale",
-          "type_as", "to", "expand", "expand_copy", "broadcast_to", "_foreach_add",
-          "clamp_min", "clamp_max", "hardtanh", "relu6", "prelu", "_prelu_kernel", "glu_jvp")
+          "native_dropout", "_conj", "masked_fill", "_masked_scale", "expand", "expand_copy",
+          "clamp_min", "clamp_max", "hardtanh", "_prelu_kernel")
 def pointwise(call: OpCall) -> list:
     return [broadcast_merge(call, s) for s in call.out_shapes]
 
@@ -72,9 +72,7 @@ def pointwise(call: OpCall) -> list:
 @register("copy", "copy_")
 def copy(call: OpCall) -> list:
     """``dst.copy_(src)``: the destination now holds ``src`` (broadcast); its old content is gone."""
-    src = call.arg(1, "src")
-    sub = OpCall(call.name, (src,), {}, call.out_shapes, call.tags, call.misalignments)
-    return [broadcast_merge(sub, call.out_shapes[0])]
+    return [broadcast_merge(call, call.out_shapes[0], [call.kw["src"]])]
 
 
 @register("zeros_like", "empty_like", "ones_like", "full_like", "rand_like", "randn_like",
@@ -88,8 +86,7 @@ def constant(call: OpCall) -> list:
 @register("fill", "fill_")
 def fill(call: OpCall) -> list:
     """``fill(self, value)``: the output holds ``value`` (a scalar, or a 0-d tensor) everywhere."""
-    value = call.arg(1, "value")
+    value = call.kw["value"]
     if getattr(value, "field", None) is None:
         return [None for _ in call.out_shapes]
-    sub = OpCall(call.name, (value,), {}, call.out_shapes, call.tags, call.misalignments)
-    return [broadcast_merge(sub, call.out_shapes[0])]
+    return [broadcast_merge(call, call.out_shapes[0], [value])]

@@ -30,7 +30,7 @@ def _taps(mode: str, left: int):
 
 
 def _pad(call: OpCall, mode: str, pad: list[int]) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
     n = len(pad) // 2
@@ -47,22 +47,22 @@ def _pad(call: OpCall, mode: str, pad: list[int]) -> list:
 
 @register("constant_pad_nd")
 def constant_pad(call: OpCall) -> list:
-    return _pad(call, "constant", list(call.arg(1, "pad")))
+    return _pad(call, "constant", list(call.kw["pad"]))
 
 
 @register("reflection_pad1d", "reflection_pad2d", "reflection_pad3d")
 def reflection_pad(call: OpCall) -> list:
-    return _pad(call, "reflect", list(call.arg(1, "padding")))
+    return _pad(call, "reflect", list(call.kw["padding"]))
 
 
 @register("replication_pad1d", "replication_pad2d", "replication_pad3d")
 def replication_pad(call: OpCall) -> list:
-    return _pad(call, "replicate", list(call.arg(1, "padding")))
+    return _pad(call, "replicate", list(call.kw["padding"]))
 
 
-@register("pad_circular")
+@register("pad_circular", schema=("input", "pad"))
 def circular_pad(call: OpCall) -> list:
     """``F.pad(x, pad, mode="circular")``, recorded whole by capture: a pad unit reads the unit at the
     opposite border (its index modulo the size). The geometric field is that of a zero pad (the
     field on the torus); the exact hull shows the wrap."""
-    return _pad(call, "circular", list(call.arg(1, "pad")))
+    return _pad(call, "circular", list(call.kw["pad"]))

@@ -4,7 +4,10 @@ A rule is a small pure function ``rule(call: OpCall) -> list[TensorField | None]
 field of each tensor output (``None``: the output does not depend on the input). Rules are
 registered by aten op name (the overload packet, e.g. ``"convolution"``, not
 ``"convolution.default"``) with :func:`register`, in the manner of
-``torch.utils.flop_counter.register_flop_formula``. Ops tagged ``pointwise`` by PyTorch fall back
+``torch.utils.flop_counter.register_flop_formula``, and read their arguments by the names of the
+op's schema (``call.kw["stride"]``), so every overload of a packet — whatever its argument order —
+is read right. Pseudo-ops that capture records itself (not aten ops) declare their argument names
+when they are registered. Ops tagged ``pointwise`` by PyTorch fall back
 to the broadcasting merge rule. An op with no rule is never treated as identity: the graph layer
 marks its outputs unknown and reports it by name.
 """
@@ -12,6 +15,7 @@ marks its outputs unknown and reports it by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 from rflens.geometry.fields import TensorField
@@ -19,6 +23,7 @@ from rflens.geometry.fields import TensorField
 Rule = Callable[["OpCall"], list]
 
 RULES: dict[str, Rule] = {}
+SCHEMAS: dict[str, tuple[str, ...]] = {}  # argument names of the pseudo-ops capture records
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,21 @@ class OpCall:
     out_shapes: list[tuple[int, ...]]
     tags: frozenset[str] = frozenset()
     misalignments: list[Misalignment] = field(default_factory=list)
+    schema: tuple[tuple[str, Any], ...] = ()  # (name, default) of every argument, in schema order
 
-    def arg(self, index: int, name: str, default: Any = None) -> Any:
-        if index < len(self.args):
-            return self.args[index]
-        return self.kwargs.get(name, default)
+    @cached_property
+    def kw(self) -> dict[str, Any]:
+        """Every argument by its schema name: positional ones, keyword ones, and the schema's
+        defaults for those not passed (``None`` where the schema has no default)."""
+        out = {name: default for name, default in self.schema}
+        out.update(zip((name for name, _ in self.schema), self.args))
+        out.update(self.kwargs)
+        return out
+
+    @property
+    def input(self) -> Any:
+        """The op's first argument (``self`` / ``input`` in aten schemas)."""
+        return self.args[0] if self.args else next(iter(self.kwargs.values()), None)
 
     @property
     def tensor_args(self) -> list[Arg]:
@@ -71,14 +86,17 @@ class OpCall:
         return [a.field for a in self.tensor_args if a.field is not None]
 
 
-def register(*names: str) -> Callable[[Rule], Rule]:
-    """Register a rule for one or more aten op names (overload packets)."""
+def register(*names: str, schema: tuple[str, ...] | None = None) -> Callable[[Rule], Rule]:
+    """Register a rule for one or more aten op names (overload packets). ``schema``: the argument
+    names of a pseudo-op that capture records itself (aten ops bring their own schema)."""
 
     def wrap(fn: Rule) -> Rule:
         for n in names:
             if n in RULES:
                 raise ValueError(f"two receptive-field rules for op {n!r}")
             RULES[n] = fn
+            if schema is not None:
+                SCHEMAS[n] = schema
         return fn
 
     return wrap

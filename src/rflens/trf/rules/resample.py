@@ -76,18 +76,13 @@ def upsample(call: OpCall) -> list:
     m = _NAME.fullmatch(call.name)
     kind, n = m.group(1), int(m.group(2))
     mode = {"bilinear": "linear", "trilinear": "linear"}.get(kind, kind)
-    x = call.arg(0, "input")
+    kw = call.kw
+    x = call.input
     if x.field is None:
         return [None]
-    rest = list(call.args[2:]) + list(call.kwargs.values())
-    align = False
-    if mode in ("linear", "bicubic"):
-        align = bool(rest.pop(0)) if rest else False
-    scales = [None] * n
-    if rest and isinstance(rest[0], (list, tuple)):
-        scales = list(rest[0])
-    elif rest:
-        scales = (list(rest) + [None] * n)[:n]
+    align = bool(kw.get("align_corners", False))
+    names = ("scales",) if n == 1 else ("scales_d", "scales_h", "scales_w")[3 - n:]
+    scales = [kw.get(s) for s in names]
     shape = call.out_shapes[0]
     nd = len(x.shape)
     ratios = [_ratio(x.shape[nd - n + k], shape[nd - n + k], scales[k], align) for k in range(n)]

@@ -10,8 +10,7 @@ import numpy as np
 
 from rflens.geometry.axis import AxisMap, explicit_reads
 from rflens.geometry.fields import Dim, Factor, TensorField, collapse, dim_size, flags_of
-from rflens.trf.rules.axes import apply_reads, merge_dims, normalise, taps_of
-from rflens.trf.rules.merge import broadcast_merge
+from rflens.trf.rules.axes import apply_reads, merge_dims, normalise
 from rflens.trf.rules.registry import Arg, OpCall, register
 
 
@@ -67,11 +66,11 @@ def regroup(dims: tuple[Dim, ...], shape: tuple[int, ...]) -> tuple[list[Dim], l
 def squeeze(call: OpCall) -> list:
     """Drop the named size-1 dimensions (all size-1 dimensions without ``dim``); a dropped
     spatial dimension becomes a reduced axis (its one unit keeps its field)."""
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
     n = len(x.shape)
-    dim = call.arg(1, "dim")
+    dim = call.kw.get("dim")
     if dim is None:
         drop = {d for d in range(n) if x.shape[d] == 1}
     else:
@@ -84,19 +83,19 @@ def squeeze(call: OpCall) -> list:
 
 @register("unsqueeze", "unsqueeze_", "unsqueeze_copy")
 def unsqueeze(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
-    d = _wrap(call.arg(1, "dim"), len(x.shape) + 1)
+    d = _wrap(call.kw["dim"], len(x.shape) + 1)
     dims = list(x.field.dims)
     dims.insert(d, (Factor(1),))
     return [x.field.with_dims(dims)]
 
 
-@register("view", "_unsafe_view", "reshape", "_reshape_alias", "view_copy", "_reshape_copy",
-          "unflatten", "flatten", "view_as")
+@register("view", "_unsafe_view", "_reshape_alias", "view_copy", "_reshape_copy")
 def view(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    """Views and reshapes, by factors (the output shape is what matters; see :func:`regroup`)."""
+    x = call.input
     if x.field is None:
         return [None]
     shape = call.out_shapes[0]
@@ -108,20 +107,20 @@ def view(call: OpCall) -> list:
     return [x.field.with_dims(dims, extra=x.field.extra + tuple(dropped))]
 
 
-@register("permute", "permute_copy", "transpose", "transpose_", "t", "t_", "movedim", "swapaxes",
-          "numpy_T", "mT", "adjoint")
+@register("permute", "permute_copy", "transpose", "transpose_", "transpose_copy", "t", "t_", "t_copy")
 def permute(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
     n = len(x.shape)
-    if call.name in ("permute", "permute_copy"):
-        order = [_wrap(d, n) for d in call.arg(1, "dims")]
+    kw = call.kw
+    if "dims" in kw:
+        order = [_wrap(d, n) for d in kw["dims"]]
     else:
-        if call.name in ("t", "t_"):
+        if "dim0" not in kw:  # t(): the last two of at most two dimensions
             a, b = (0, 1) if n == 2 else (0, 0)
         else:
-            a, b = _wrap(call.arg(1, "dim0"), n), _wrap(call.arg(2, "dim1"), n)
+            a, b = _wrap(kw["dim0"], n), _wrap(kw["dim1"], n)
         order = list(range(n))
         order[a], order[b] = order[b], order[a]
     return [x.field.with_dims([x.field.dims[d] for d in order])]
@@ -148,48 +147,54 @@ def _norm_start(start, n: int) -> int:
     return min(max(start, 0), n)
 
 
-@register("slice", "slice_copy", "narrow", "slice_inverse")
+@register("slice", "slice_copy")
 def slice_(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
     n = len(x.shape)
-    d = _wrap(call.arg(1, "dim", 0), n)
-    start = _norm_start(call.arg(2, "start", 0), x.shape[d])
-    step = 1 if call.name == "narrow" else (call.arg(4, "step", 1) or 1)
+    kw = call.kw
+    d = _wrap(kw["dim"], n)
+    start = _norm_start(kw["start"], x.shape[d])
+    step = kw["step"] or 1
     return [_slice_dim(x.field, d, start, step, call.out_shapes[0][d])]
 
 
 @register("select", "select_copy")
 def select(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
     n = len(x.shape)
-    d = _wrap(call.arg(1, "dim"), n)
-    index = call.arg(2, "index")
+    d = _wrap(call.kw["dim"], n)
+    index = call.kw["index"]
     index = index + x.shape[d] if index < 0 else index
-    one = _slice_dim(x.field, d, index, 1, 1)
+    return [_select_dim(x.field, d, index)]
+
+
+def _select_dim(field: TensorField, d: int, index: int) -> TensorField:
+    """Unit ``index`` of dimension ``d``, the dimension dropped (a spatial one becomes a reduced
+    axis that keeps that unit's field)."""
+    one = _slice_dim(field, d, index, 1, 1)
     dims = list(one.dims)
     removed = dims.pop(d)
     extra = one.extra + tuple(f for f in removed if f.axis is not None)
-    return [one.with_dims(dims, extra=extra)]
+    return one.with_dims(dims, extra=extra)
 
 
-@register("split", "split_with_sizes", "unsafe_split", "chunk", "tensor_split",
-          "split_with_sizes_copy", "unbind")
+@register("split", "split_with_sizes", "unsafe_split", "unsafe_split_with_sizes",
+          "split_with_sizes_copy", "split_copy", "unbind", "unbind_copy")
 def split(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    """Consecutive pieces along ``dim`` (``unbind``: pieces of one unit, the dimension dropped)."""
+    x = call.input
     if x.field is None:
         return [None for _ in call.out_shapes]
     n = len(x.shape)
-    dim_arg = 1 if call.name == "unbind" else 2
-    d = _wrap(call.arg(dim_arg, "dim", 0), n)
+    d = _wrap(call.kw["dim"], n)
     out, offset = [], 0
     for shape in call.out_shapes:
-        if call.name == "unbind":
-            sub = OpCall("select", (x, d, offset), {}, [shape])
-            out.append(select(sub)[0])
+        if len(shape) < n:  # unbind
+            out.append(_select_dim(x.field, d, offset))
             offset += 1
             continue
         out.append(_slice_dim(x.field, d, offset, 1, shape[d]))
@@ -219,16 +224,16 @@ def _concat_spatial(args: list[Arg], d: int, n_out: int, axis: int) -> Factor:
     return Factor(n_out, axis, fmap, np.concatenate(los, axis=1), np.concatenate(his, axis=1))
 
 
-@register("cat", "concat", "concatenate", "stack", "hstack", "vstack")
+@register("cat", "stack")
 def cat(call: OpCall) -> list:
-    tensors = [a for a in call.arg(0, "tensors") if isinstance(a, Arg)]
+    tensors = [a for a in call.kw["tensors"] if isinstance(a, Arg)]
     shape = call.out_shapes[0]
     live = [a for a in tensors if a.field is not None]
     if not live:
         return [None]
     nd = len(shape)
     stacking = call.name == "stack"
-    d = _wrap(call.arg(1, "dim", 0), nd if stacking else len(tensors[0].shape))
+    d = _wrap(call.kw["dim"], nd if stacking else len(tensors[0].shape))
     if not stacking:
         live_tensors = [a for a in tensors if not (len(a.shape) == 1 and a.shape[0] == 0)]
         tensors = live_tensors
@@ -266,15 +271,13 @@ def cat(call: OpCall) -> list:
     return [TensorField(tuple(dims), **flags)]
 
 
-@register("expand_as", "repeat")
+@register("repeat")
 def repeat(call: OpCall) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
-    if call.name == "expand_as":
-        return [broadcast_merge(OpCall(call.name, (x,), {}, call.out_shapes), call.out_shapes[0])]
     shape = call.out_shapes[0]
-    reps = list(call.arg(1, "repeats"))
+    reps = list(call.kw["repeats"])
     nd = len(shape)
     dims = []
     for k in range(nd):
@@ -294,14 +297,11 @@ def repeat(call: OpCall) -> list:
     return [x.field.with_dims(dims)]
 
 
-__all__ = ["regroup", "taps_of"]
-
-
 @register("as_strided", "as_strided_", "as_strided_copy")
 def as_strided(call: OpCall) -> list:
     """Re-striding in place is only followed when it cannot move spatial data: same sizes and every
     spatial dimension of size 1 (PyTorch uses it to fix the memory format of pooled outputs)."""
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None]
     shape = call.out_shapes[0]
@@ -309,3 +309,6 @@ def as_strided(call: OpCall) -> list:
     if tuple(shape) == tuple(x.shape) and all(n == 1 for n in spatial_sizes):
         return [x.field]
     raise NotImplementedError("as_strided may move spatial data")
+
+
+__all__ = ["regroup"]

@@ -49,16 +49,19 @@ def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool
 
 
 @register("convolution", "_convolution", "convolution_overrideable", "mkldnn_convolution",
-          "cudnn_convolution", "conv_tbc_never")
+          "cudnn_convolution")
 def convolution(call: OpCall) -> list:
-    x, w = call.arg(0, "input"), call.arg(1, "weight")
+    """Every convolution overload (their argument orders differ; read by name). Weights computed
+    from the input (dynamic convolution) make the output global."""
+    kw = call.kw
+    x, w = call.input, kw["weight"]
     if x.field is None:
         return [None]
     n = len(w.shape) - 2
-    stride = per_axis(call.arg(3, "stride", 1), n)
-    padding = per_axis(call.arg(4, "padding", 0), n)
-    dilation = per_axis(call.arg(5, "dilation", 1), n)
-    transposed = bool(call.arg(6, "transposed", False))
+    stride = per_axis(kw["stride"], n)
+    padding = per_axis(kw["padding"], n)
+    dilation = per_axis(kw["dilation"], n)
+    transposed = bool(kw.get("transposed", False))
     kernel = list(w.shape[2:])
 
     def reads(k: int) -> AxisMap:
@@ -74,21 +77,21 @@ def convolution(call: OpCall) -> list:
         return taps_of(r, n_out, n_in, step(k))
 
     out = spatial_update(x, call.out_shapes[0], n, reads, taps_for=taps, step_for=step)
-    others = [a.field for a in (w, call.arg(2, "bias")) if getattr(a, "field", None) is not None]
+    others = [a.field for a in (w, kw.get("bias")) if getattr(a, "field", None) is not None]
     if others:  # weights computed from the input (dynamic convolution): a global dependency
         out = out.with_dims(out.dims, is_global=True)
     return [out]
 
 
-def _pool(call: OpCall, n: int, has_dilation: bool) -> list:
-    x = call.arg(0, "self")
+def _pool(call: OpCall, n: int) -> list:
+    kw = call.kw
+    x = call.input
     if x.field is None:
         return [None for _ in call.out_shapes]
-    kernel = per_axis(call.arg(1, "kernel_size"), n)
-    stride = call.arg(2, "stride", None)
-    stride = kernel if not stride else per_axis(stride, n)
-    padding = per_axis(call.arg(3, "padding", 0), n)
-    dilation = per_axis(call.arg(4, "dilation", 1), n) if has_dilation else [1] * n
+    kernel = per_axis(kw["kernel_size"], n)
+    stride = kernel if not kw["stride"] else per_axis(kw["stride"], n)
+    padding = per_axis(kw["padding"], n)
+    dilation = per_axis(kw.get("dilation", 1), n)  # average pools have none
 
     out = spatial_update(x, call.out_shapes[0], n,
                          lambda k: window_reads(kernel[k], stride[k], padding[k], dilation[k]),
@@ -98,10 +101,12 @@ def _pool(call: OpCall, n: int, has_dilation: bool) -> list:
     return [out for _ in call.out_shapes]
 
 
+# 1-D pools reach aten as their 2-D forms on an unsqueezed tensor
+for _n in (2, 3):
+    register(f"max_pool{_n}d_with_indices", f"mkldnn_max_pool{_n}d",
+             f"avg_pool{_n}d")(lambda call, n=_n: _pool(call, n))
 for _n in (1, 2, 3):
-    register(f"max_pool{_n}d", f"max_pool{_n}d_with_indices", f"quantized_max_pool{_n}d",
-             f"mkldnn_max_pool{_n}d")(lambda call, n=_n: _pool(call, n, True))
-    register(f"avg_pool{_n}d")(lambda call, n=_n: _pool(call, n, False))
+    register(f"quantized_max_pool{_n}d")(lambda call, n=_n: _pool(call, n))
 
 
 def adaptive_reads(n_in: int, n_out: int) -> AxisMap:
@@ -114,7 +119,7 @@ def adaptive_reads(n_in: int, n_out: int) -> AxisMap:
 
 
 def _adaptive(call: OpCall, n: int) -> list:
-    x = call.arg(0, "self")
+    x = call.input
     if x.field is None:
         return [None for _ in call.out_shapes]
     shape = call.out_shapes[0]
@@ -127,15 +132,16 @@ def _adaptive(call: OpCall, n: int) -> list:
     return [out for _ in call.out_shapes]
 
 
-for _n in (1, 2, 3):
-    register(f"adaptive_avg_pool{_n}d", f"_adaptive_avg_pool{_n}d", f"adaptive_max_pool{_n}d",
-             f"mkldnn_adaptive_avg_pool{_n}d")(lambda call, n=_n: _adaptive(call, n))
+for _n in (2, 3):
+    register(f"adaptive_avg_pool{_n}d", f"_adaptive_avg_pool{_n}d",
+             f"adaptive_max_pool{_n}d")(lambda call, n=_n: _adaptive(call, n))
+register("mkldnn_adaptive_avg_pool2d")(lambda call: _adaptive(call, 2))
 
 
 @register("pixel_shuffle")
 def pixel_shuffle(call: OpCall) -> list:
     """Output unit ``o`` reads input unit ``o // r`` on each of the last two axes (jump J/r)."""
-    x, r = call.arg(0, "self"), call.arg(1, "upscale_factor")
+    x, r = call.input, call.kw["upscale_factor"]
     if x.field is None:
         return [None]
     reads = AxisMap(r, 1, tuple([0] * r), tuple([0] * r))
@@ -145,7 +151,7 @@ def pixel_shuffle(call: OpCall) -> list:
 @register("pixel_unshuffle")
 def pixel_unshuffle(call: OpCall) -> list:
     """Output unit ``o`` gathers input units ``o*r .. o*r + r - 1`` (across its channels)."""
-    x, r = call.arg(0, "self"), call.arg(1, "downscale_factor")
+    x, r = call.input, call.kw["downscale_factor"]
     if x.field is None:
         return [None]
     return [spatial_update(x, call.out_shapes[0], 2, lambda k: window_reads(r, r, 0))]

@@ -17,17 +17,17 @@ from rflens.trf.rules.registry import Arg, OpCall, register
 INPLACE_WRITEBACK = "<inplace-view-writeback>"
 
 
-@register(INPLACE_WRITEBACK)
+@register(INPLACE_WRITEBACK, schema=("base", "view", "chain"))
 def writeback(call: OpCall) -> list:
     """A base after an in-place write into one of its views. The view is followed back to the base
     through its chain of slices/selects: each base unit the view covers gets the view's new field
     as a component beside the base's old field (a union: exact when the written region held no
     input-derived data before, as in circular padding; otherwise it may keep overwritten paths).
     Writes through other kinds of view lose the geometry (reported)."""
-    base, view = call.args
+    base, view = call.kw["base"], call.kw["view"]
     if view.field is None:
         return [base.field]
-    placement = _slice_placement(call.kwargs.get("chain"), base.shape)
+    placement = _slice_placement(call.kw["chain"], base.shape)
     if placement is None:
         live = [a.field for a in (base, view) if a.field is not None]
         flags = flags_of(live)
@@ -36,7 +36,8 @@ def writeback(call: OpCall) -> list:
     widened = Arg(base.shape, _place(view.field, placement, base.shape))
     parts = (base, widened) if base.field is not None else (widened,)
     # the two parts cover different units: comparing their centres says nothing about alignment
-    merged = broadcast_merge(OpCall(call.name, parts, {}, call.out_shapes, call.tags), base.shape)
+    scratch = OpCall(call.name, (), {}, call.out_shapes)  # misalignments of these parts mean nothing
+    merged = broadcast_merge(scratch, base.shape, list(parts))
     return [merged.with_dims(merged.dims, misaligned=any(p.field.misaligned for p in parts))]
 
 
