@@ -46,6 +46,7 @@ class Analysis:
     unsupported: list[UnsupportedOp] = field(default_factory=list)
     alignment: list[AlignmentIssue] = field(default_factory=list)
     producers: dict[int, str] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)  # op name -> times a rule was applied
 
 
 def input_field(shape: tuple[int, ...], n_spatial: int) -> TensorField:
@@ -115,6 +116,8 @@ def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
             if len(outs) != len(node.outputs) or not all(
                     _consistent(f, r.shape) for f, r in zip(outs, node.outputs)):
                 reason, outs = "its rule returned fields that do not match the output shapes", None
+    if outs is not None:
+        result.applied[node.name] = result.applied.get(node.name, 0) + 1
     if outs is None:
         op = f"aten.{node.origin} (decomposed to aten.{node.name})" if node.origin else f"aten.{node.name}"
         key = (op, node.module, reason)

@@ -75,9 +75,20 @@ def copy(call: OpCall) -> list:
     return [broadcast_merge(call, call.out_shapes[0], [call.kw["src"]])]
 
 
+@register("bernoulli", "bernoulli_", "uniform_", "normal_", "exponential_", "geometric_",
+          "log_normal_", "cauchy_", "random_")
+def random(call: OpCall) -> list:
+    """Random draws. Filling ``self`` (``bernoulli_(self, p)``, ``uniform_``, ...) or drawing with a
+    fixed probability (``bernoulli(self, p)``) ignores the values of ``self``: no dependency.
+    ``bernoulli(self)`` draws with the probabilities ``self`` holds: pointwise."""
+    if call.name == "bernoulli" and not isinstance(call.kw.get("p"), (int, float)):
+        return pointwise(call)
+    return [None for _ in call.out_shapes]
+
+
 @register("zeros_like", "empty_like", "ones_like", "full_like", "rand_like", "randn_like",
           "randint_like", "new_zeros", "new_empty", "new_ones", "new_full", "new_empty_strided",
-          "empty_strided", "scalar_tensor", "zero", "zero_")
+          "zero", "zero_")
 def constant(call: OpCall) -> list:
     """Ops whose output does not depend on the values of their tensor inputs."""
     return [None for _ in call.out_shapes]

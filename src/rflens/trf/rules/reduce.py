@@ -39,7 +39,7 @@ def reduce_over(field: TensorField, shape_in, shape_out, dims: list[int]) -> Ten
 
 
 @register("mean", "sum", "nansum", "amax", "amin", "max", "min", "argmax", "argmin", "prod",
-          "var", "std", "var_mean", "std_mean", "logsumexp", "norm", "linalg_vector_norm",
+          "var", "std", "var_mean", "std_mean", "logsumexp", "linalg_vector_norm",
           "any", "all", "count_nonzero", "aminmax")
 def reduction(call: OpCall) -> list:
     """Reductions over ``dim`` (all dimensions when the overload has none, or it is None/[]).

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rflens.geometry.axis import AxisMap, explicit_reads
-from rflens.geometry.fields import Dim, Factor, TensorField, collapse, dim_size, flags_of
+from rflens.geometry.axis import AxisMap, explicit_reads, union
+from rflens.geometry.fields import Dim, Factor, TensorField, dim_size, flags_of
 from rflens.trf.rules.axes import apply_reads, merge_dims, normalise
 from rflens.trf.rules.registry import Arg, OpCall, register
 
@@ -202,26 +202,52 @@ def split(call: OpCall) -> list:
     return out
 
 
-def _concat_spatial(args: list[Arg], d: int, n_out: int, axis: int) -> Factor:
-    """Concatenation along a spatial axis: unit ``o`` comes from the piece it falls in."""
-    los, his, glo, ghi = [], [], [], []
-    for a in args:
-        n = a.shape[d]
-        f = a.field.dims[d][0] if a.field is not None else None
-        if f is None or f.axis != axis:
-            los.append(np.full((1, n), 1, dtype=np.int64))
-            his.append(np.full((1, n), 0, dtype=np.int64))
-            glo.append(np.full(n, 1, dtype=np.int64))
-            ghi.append(np.full(n, 0, dtype=np.int64))
+def _components(f: Factor) -> int:
+    return f.lo.shape[0]
+
+
+def _concat_spatial(pieces: list[Arg], d: int, shape: tuple[int, ...], axis: int) -> list[Dim] | None:
+    """Concatenation along spatial dimension ``d``: each output unit comes from one piece, so every
+    piece becomes its own components (its hulls on the other axes, and on ``d`` only over its own
+    units), never a union with the other pieces. None when the pieces' other dimensions do not
+    carry the same axes."""
+    live = [(a, start) for a, start in zip(pieces, np.cumsum([0] + [a.shape[d] for a in pieces]))
+            if a.field is not None]
+    dims: list[Dim] = []
+    for k, n in enumerate(shape):
+        if k == d:
             continue
-        lo, hi = collapse(f.lo, f.hi)  # pieces may have different component counts
+        own = [a.field.dims[k] for a, _ in live]
+        if len({tuple((f.size, f.axis) for f in dim) for dim in own}) > 1:
+            return None
+        if not any(f.axis is not None for f in own[0]):
+            dims.append((Factor(n),))
+            continue
+        if len(own[0]) > 1:
+            return None
+        parts = [dim[0] for dim in own]
+        dims.append((Factor(n, axis=parts[0].axis, field=union([f.field for f in parts], n),
+                            lo=np.concatenate([f.lo for f in parts]),
+                            hi=np.concatenate([f.hi for f in parts])),))
+    los, his, glo, ghi = [], [], [], []
+    n_out = shape[d]
+    for a, start in live:
+        f = a.field.dims[d][0]
+        lo = np.ones((_components(f), n_out), dtype=np.int64)
+        hi = np.zeros((_components(f), n_out), dtype=np.int64)
+        lo[:, start:start + f.size], hi[:, start:start + f.size] = f.lo, f.hi
         los.append(lo)
         his.append(hi)
-        gl, gh = f.field.evaluate(np.arange(n))
+    for a, start in zip(pieces, np.cumsum([0] + [a.shape[d] for a in pieces])):
+        f = a.field.dims[d][0] if a.field is not None else None
+        gl, gh = (f.field.evaluate(np.arange(a.shape[d])) if f is not None and f.axis == axis
+                  else (np.ones(a.shape[d], dtype=np.int64), np.zeros(a.shape[d], dtype=np.int64)))
         glo.append(gl)
         ghi.append(gh)
-    fmap = explicit_reads(np.concatenate(glo), np.concatenate(ghi))
-    return Factor(n_out, axis, fmap, np.concatenate(los, axis=1), np.concatenate(his, axis=1))
+    cat_factor = Factor(n_out, axis, explicit_reads(np.concatenate(glo), np.concatenate(ghi)),
+                        np.concatenate(los), np.concatenate(his))
+    dims.insert(d, (cat_factor,))
+    return dims
 
 
 @register("cat", "stack")
@@ -237,6 +263,17 @@ def cat(call: OpCall) -> list:
     if not stacking:
         live_tensors = [a for a in tensors if not (len(a.shape) == 1 and a.shape[0] == 0)]
         tensors = live_tensors
+    flags = flags_of([a.field for a in live])
+    spatial = {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
+    if not stacking and spatial:
+        single = len(spatial) == 1 and all(len(a.field.dims[d]) == 1 and a.field.dims[d][0].axis in spatial
+                                            for a in live)
+        dims = _concat_spatial(tensors, d, shape, spatial.pop()) if single else None
+        if dims is None:
+            reason = f"{call.name} along a spatial dimension of tensors that carry different axes"
+            return [TensorField(tuple((Factor(s),) for s in shape),
+                                **{**flags, "lost": flags["lost"] | {reason}})]
+        return [TensorField(tuple(dims), **flags)]
     other = [k for k in range(nd) if k != d]
     dims: list[Dim | None] = [None] * nd
     lost = set()
@@ -253,19 +290,7 @@ def cat(call: OpCall) -> list:
             lost.add(f"{call.name} of tensors whose dimension {k} carries different axes")
             merged = (Factor(shape[k]),)
         dims[k] = merged
-    if stacking:
-        dims[d] = (Factor(shape[d]),)
-    else:
-        spatial = {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
-        single = all(len(a.field.dims[d]) == 1 for a in live)
-        if not spatial:
-            dims[d] = (Factor(shape[d]),)
-        elif len(spatial) == 1 and single:
-            dims[d] = (_concat_spatial(tensors, d, shape[d], spatial.pop()),)
-        else:
-            lost.add(f"{call.name} along a flattened spatial dimension")
-            dims[d] = (Factor(shape[d]),)
-    flags = flags_of([a.field for a in live])
+    dims[d] = (Factor(shape[d]),)  # stacked entries or concatenated channels: plain
     flags["misaligned"] = flags["misaligned"] or bool(call.misalignments)
     flags["lost"] = flags["lost"] | frozenset(lost)
     return [TensorField(tuple(dims), **flags)]

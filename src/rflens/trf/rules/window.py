@@ -83,11 +83,17 @@ def convolution(call: OpCall) -> list:
     return [out]
 
 
-def _pool(call: OpCall, n: int) -> list:
+# 1-D max/average pools reach aten as their 2-D forms on an unsqueezed tensor
+@register("max_pool2d_with_indices", "max_pool3d_with_indices", "avg_pool2d", "avg_pool3d",
+          "mkldnn_max_pool2d", "mkldnn_max_pool3d", "quantized_max_pool1d", "quantized_max_pool2d",
+          "quantized_max_pool3d")
+def pool(call: OpCall) -> list:
+    """Max and average pooling windows (the number of axes is the kernel's)."""
     kw = call.kw
     x = call.input
     if x.field is None:
         return [None for _ in call.out_shapes]
+    n = len(kw["kernel_size"])
     kernel = per_axis(kw["kernel_size"], n)
     stride = kernel if not kw["stride"] else per_axis(kw["stride"], n)
     padding = per_axis(kw["padding"], n)
@@ -101,14 +107,6 @@ def _pool(call: OpCall, n: int) -> list:
     return [out for _ in call.out_shapes]
 
 
-# 1-D pools reach aten as their 2-D forms on an unsqueezed tensor
-for _n in (2, 3):
-    register(f"max_pool{_n}d_with_indices", f"mkldnn_max_pool{_n}d",
-             f"avg_pool{_n}d")(lambda call, n=_n: _pool(call, n))
-for _n in (1, 2, 3):
-    register(f"quantized_max_pool{_n}d")(lambda call, n=_n: _pool(call, n))
-
-
 def adaptive_reads(n_in: int, n_out: int) -> AxisMap:
     """Adaptive pooling windows ``floor(i*n/m) .. ceil((i+1)*n/m) - 1`` (exact, periodic)."""
     g = math.gcd(n_in, n_out)
@@ -118,8 +116,13 @@ def adaptive_reads(n_in: int, n_out: int) -> AxisMap:
     return AxisMap.from_arrays(np.array(lo), np.array(hi), q, d)
 
 
-def _adaptive(call: OpCall, n: int) -> list:
+@register("_adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool3d",
+          "mkldnn_adaptive_avg_pool2d")
+def adaptive(call: OpCall) -> list:
+    """Adaptive pooling (the number of axes is the output size's); pooling a whole axis to one
+    unit is a global dependency."""
     x = call.input
+    n = len(call.kw["output_size"])
     if x.field is None:
         return [None for _ in call.out_shapes]
     shape = call.out_shapes[0]
@@ -130,12 +133,6 @@ def _adaptive(call: OpCall, n: int) -> list:
     if pooled_whole_axis and any(single_spatial(x.field.dims[nd - n + k]) for k in range(n)):
         out = out.with_dims(out.dims, is_global=True)
     return [out for _ in call.out_shapes]
-
-
-for _n in (2, 3):
-    register(f"adaptive_avg_pool{_n}d", f"_adaptive_avg_pool{_n}d",
-             f"adaptive_max_pool{_n}d")(lambda call, n=_n: _adaptive(call, n))
-register("mkldnn_adaptive_avg_pool2d")(lambda call: _adaptive(call, 2))
 
 
 @register("pixel_shuffle")
