@@ -476,6 +476,16 @@ def test_resnet18_keyboard_erf_and_layout(browser, resnet18_report):
         assert drawn(page, root)["facts"]["pixel"].startswith("pixel (40, 60): units rows")
         page.keyboard.press("Escape")
         assert "pixel" not in drawn(page, root)["facts"]
+        # "whole field": the view grows to every unit's unclipped box
+        choose(page, root, "layer4")
+        page.locator(f"#{root} input.rfx-pad").check()
+        x, y, w, h = (float(v) for v in page.locator(f"#{root} .rfx-img").get_attribute("viewBox").split())
+        boxes = [rf["layer4"].box(u) for u in itertools.product(*(range(n) for n in rf["layer4"].grid))]
+        (r0, r1), (c0, c1) = [(min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in (0, 1)]
+        assert x <= c0 < c1 + 1 <= x + w and y <= r0 < r1 + 1 <= y + h and r0 < -100
+        page.locator(f"#{root} input.rfx-pad").uncheck()
+        x, y, w, h = (float(v) for v in page.locator(f"#{root} .rfx-img").get_attribute("viewBox").split())
+        assert -10 < x < 0 and x + w < 125
         # a click on a row of the layer table explores that layer
         page.locator("tr[data-layer='layer3.0.conv1'] td.name").click()
         assert drawn(page, root)["layer"] == "layer3.0.conv1"

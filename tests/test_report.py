@@ -86,7 +86,7 @@ def test_report_sections_and_warnings(troubled_html):
     rf = rflens.receptive_field(Troubled(), (3, 16, 16))
     assert "<title>Receptive fields of troubled &lt;net&gt;</title>" in text
     assert "input 3×16×16" in text
-    for section in ("summary", "warnings", "growth", "erf", "layers"):
+    for section in ("summary", "warnings", "explore", "growth", "erf", "layers"):
         assert f"<section id='{section}'" in text
 
     def group(gid: str) -> str:

@@ -140,6 +140,11 @@
   function tuple(values) { return "(" + values.map(fmt).join(", ") + ")"; }
   function same(a, b) { return a && b && a.length === b.length && a.every(function (v, i) { return v === b[i]; }); }
   function clamp(v, lo, hi) { return Math.max(lo, Math.min(hi, v)); }
+  /* a dot of radius rad at (x, y); on a 1-D strip (stretched vertically) a short tick instead */
+  function mark(x, y, rad, strip) {
+    if (strip) { return "M" + (x - rad / 2) + " 0.2h" + rad + "v0.6h" + (-rad) + "z"; }
+    return "M" + (x - rad) + " " + y + "a" + rad + " " + rad + " 0 1 0 " + 2 * rad + " 0a" + rad + " " + rad + " 0 1 0 " + (-2 * rad) + " 0";
+  }
   var AXIS_NAMES = {1: ["x"], 2: ["rows", "cols"], 3: ["depth", "rows", "cols"]};
 
   // ---------------------------------------------------------------- one explorer ------------
@@ -409,7 +414,8 @@
       el(NS, "rect", {x: b[0], y: b[1], width: b[2], height: b[3], "class": "rfx-shadow"}, g);
       el(NS, "rect", {x: b[0], y: b[1], width: b[2], height: b[3], "class": "rfx-box-full" + off}, g);
       var cx = b[0] + b[2] / 2, cy = b[1] + b[3] / 2, arm = 6 / scale;
-      el(NS, "path", {d: "M" + (cx - arm) + " " + cy + "H" + (cx + arm) + "M" + cx + " " + (cy - arm) + "V" + (cy + arm),
+      el(NS, "path", {d: this.rowAxis < 0 ? "M" + cx + " -0.2V1.2" :
+                        "M" + (cx - arm) + " " + cy + "H" + (cx + arm) + "M" + cx + " " + (cy - arm) + "V" + (cy + arm),
                       "class": "rfx-centre" + off}, g);
     }
     if (v.clip && !v.L.global) {
@@ -444,7 +450,7 @@
           list.push((iv[0] + iv[1] + 1) / 2 - J / 2);
         }
         list.push(list[list.length - 1] + J);
-        edges[a] = {list: list, dense: J * scale < 5};
+        edges[a] = {list: list, dense: J * scale < 6};
       }
       var span = function (a) { return r < 0 && a === r ? [0, 1] : [edges[a].list[0], edges[a].list[edges[a].list.length - 1]]; };
       var rs = r < 0 ? [0, 1] : span(r), cs = span(c);
@@ -465,7 +471,7 @@
         var box = geo.box(probe);
         if (!box) { return; }
         var x = (box[c][0] + box[c][1] + 1) / 2, y = r < 0 ? 0.5 : (box[r][0] + box[r][1] + 1) / 2;
-        dots += "M" + (x - rad) + " " + y + "a" + rad + " " + rad + " 0 1 0 " + 2 * rad + " 0a" + rad + " " + rad + " 0 1 0 " + (-2 * rad) + " 0";
+        dots += mark(x, y, rad, r < 0);
       });
     });
     if (dots) { el(NS, "path", {d: dots, "class": "rfx-dots"}, g); }
@@ -530,7 +536,7 @@
 
   Explorer.prototype.drawSeenOnInput = function (g, v, scale) {
     var m = this.seenMask(v, this.unitDepth(v)), probe = v.unit.slice(), d = "", count = 0;
-    var r = this.rowAxis, c = this.colAxis, rad = 2.2 / scale;
+    var r = this.rowAxis, c = this.colAxis, rad = 2 / scale;
     for (var i = 0; i < m.nR && count < 5000; i++) {
       for (var j = 0; j < m.nC; j++) {
         if (!m.mask[i * m.nC + j]) { continue; }
@@ -539,7 +545,7 @@
         var box = v.geo.box(probe);
         if (!box) { continue; }
         var x = (box[c][0] + box[c][1] + 1) / 2, y = r < 0 ? 0.5 : (box[r][0] + box[r][1] + 1) / 2;
-        d += "M" + (x - rad) + " " + y + "a" + rad + " " + rad + " 0 1 0 " + 2 * rad + " 0a" + rad + " " + rad + " 0 1 0 " + (-2 * rad) + " 0";
+        d += mark(x, y, rad, r < 0);
         count++;
       }
     }
@@ -614,7 +620,8 @@
       } else if (v.unit) {
         if (v.box) {
           var pad = v.box.some(function (iv, a) { return iv[0] < 0 || iv[1] > self.spatial[a] - 1; });
-          rows.push(["box", boxText(v.box) + (pad ? " (reaches into padding)" : "")]);
+          var hint = this.state.pad ? ")" : "; tick \u201cwhole field\u201d to see all of it)";
+          rows.push(["box", boxText(v.box) + (pad ? " (reaches into padding" + hint : "")]);
           rows.push(["centre", tuple(v.box.map(function (iv) { return (iv[0] + iv[1]) / 2; }))]);
           rows.push(["size", v.box.map(function (iv) { return iv[1] - iv[0] + 1; }).join(" \u00d7 ") + " px"]);
         } else {
