@@ -105,6 +105,20 @@ class WithFlip(nn.Module):
         return self.after(torch.flip(y, dims=[3])) + self.pool(y).mean()
 
 
+class Gated(nn.Module):
+    """A feature map gated by its global average: every unit depends on every pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Conv2d(2, 1, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(y * self.pool(y))
+
+
 def chain(*layers):
     return nn.Sequential(*layers)
 
@@ -260,7 +274,7 @@ def drawn(page, root: str) -> dict:
         };
         const unit = root.querySelector('.rfx-units rect.rfx-unit');
         const seeing = Array.from(root.querySelectorAll('.rfx-units rect.rfx-seeing')).map(r =>
-            ['x', 'y', 'width'].map(k => Number(r.getAttribute(k))));
+            ['x', 'y', 'width', 'height'].map(k => Number(r.getAttribute(k))));
         const notes = Array.from(root.querySelectorAll('.rfx-notes li')).map(li => li.dataset.note);
         const facts = {};
         root.querySelectorAll('.rfx-facts tr').forEach(tr => { facts[tr.dataset.key] = tr.cells[1].textContent; });
@@ -281,7 +295,7 @@ def rect_box(rect, ndim: int = 2):
 
 
 def seeing_set(seen) -> set[tuple[int, int]]:
-    return {(int(y), c) for x, y, w in seen for c in range(int(x), int(x + w))}
+    return {(r, c) for x, y, w, h in seen for r in range(int(y), int(y + h)) for c in range(int(x), int(x + w))}
 
 
 def client_point(page, root: str, panel: str, x: float, y: float) -> tuple[float, float]:
@@ -380,8 +394,103 @@ def check_clicks(page, root: str, layer, pixels) -> None:
             assert units == brute_seeing(layer, pixel), (layer.name, pixel)
 
 
-@pytest.fixture(scope="module")
-def resnet18_report():
+def resnet18_units_and_pixels(page, root: str, rf) -> None:
+    """Layers of resnet18 picked from the drop-down, units and pixels clicked, compared with Python."""
+    page.locator(f"#{root}").scroll_into_view_if_needed()
+    assert page.evaluate(f"document.getElementById('{root}').dataset.rfxState") == "ready"
+    options = page.locator(f"#{root} select.rfx-layer option").all_inner_texts()
+    assert [o.split(" — ")[0] for o in options] == rf.names
+    pixels = [(0, 0), (111, 111), (56, 37), (5, 111), (111, 0)]
+    for name in ("conv1", "maxpool", "layer1.0.conv2", "layer2", "layer3.1.conv1", "layer4"):
+        choose(page, root, name)
+        check_clicks(page, root, rf[name], pixels)
+    # the whole geometry of a few layers, unit by unit and pixel by pixel
+    sub = rf.select(["conv1", "layer2.0.downsample.0", "layer4"])
+    for layer in sub.layers:
+        geo = js_geometry(page, root, rf.names.index(layer.name))
+        assert [as_box(b) for b in geo["box"]] == [layer.box(tuple(u)) for u in geo["units"]]
+        assert [as_box(b) for b in geo["clip"]] == [layer.box(tuple(u), clip=True) for u in geo["units"]]
+        picked = geo["pixels"][::7]
+        assert [as_box(s) for s in geo["seeing"][::7]] == [layer.units_seeing(tuple(p)) for p in picked]
+    # global layers say so and draw no box
+    for name in ("avgpool", "fc"):
+        choose(page, root, name)
+        seen = drawn(page, root)
+        assert seen["full"] is None and seen["clip"] is None and "global" in seen["notes"]
+    click_pixel(page, root, (3, 4))
+    assert "every unit of this global layer" in drawn(page, root)["facts"]["pixel"]
+
+
+def resnet18_keyboard_erf_and_layout(page, root: str, rf) -> Path:
+    """The layout at 1280×800, arrow keys, ERF translation, the whole-field view, the layer table;
+    returns a screenshot of the explorer."""
+    page.evaluate(f"document.getElementById('{root}').scrollIntoView()")
+    # usable at 1280×800: nothing overflows sideways and the whole explorer fits the window
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    frame = page.locator(f"#{root}").bounding_box()
+    assert frame["width"] <= 1280 and frame["height"] <= 800, frame
+    for part in (".rfx-img", ".rfx-units", ".rfx-info", "select.rfx-layer"):
+        box = page.locator(f"#{root} {part}").bounding_box()
+        assert box["width"] > 100 and box["y"] >= 0 and box["y"] + box["height"] <= 800, (part, box)
+    assert page.locator(f"#{root} .rfx-img").bounding_box()["width"] >= 400
+    choose(page, root, "layer1")
+    layer = rf["layer1"]
+    erf_unit = (layer.grid[0] // 2, layer.grid[1] // 2)
+    click_unit(page, root, erf_unit)
+    seen = drawn(page, root)
+    assert seen["contours"] > 0 and seen["erf"] == [0, 0] and "measured at this unit" in seen["facts"]["erf"]
+    # arrow keys move the unit; each step redraws the exact box; the ERF follows by the jump
+    for key, step in (("ArrowRight", (0, 1)), ("ArrowDown", (1, 0)), ("ArrowLeft", (0, -1)),
+                      ("ArrowUp", (-1, 0)), ("ArrowDown", (1, 0))):
+        before = tuple(int(v) for v in drawn(page, root)["unit"].split(","))
+        page.keyboard.press(key)
+        seen = drawn(page, root)
+        unit = tuple(b + s for b, s in zip(before, step))
+        assert seen["unit"] == f"{unit[0]},{unit[1]}"
+        assert rect_box(seen["full"]) == layer.box(unit) and rect_box(seen["clip"]) == layer.box(unit, clip=True)
+        shift = [(u - e) * 4 for u, e in zip(unit, erf_unit)]  # layer1's jump is 4
+        assert seen["erf"] == [shift[1], shift[0]] and seen["contours"] > 0
+        assert ("translated by" if any(shift) else "measured at this unit") in seen["facts"]["erf"]
+    for _ in range(3):
+        page.keyboard.press("Shift+ArrowLeft")  # 8 units each, stops at the border
+    seen = drawn(page, root)
+    assert seen["unit"] == f"{erf_unit[0] + 1},0"
+    assert rect_box(seen["full"]) == layer.box((erf_unit[0] + 1, 0))
+    assert layer.box((erf_unit[0] + 1, 0))[1][0] < 0  # the field reaches into padding:
+    assert seen["contours"] == 0 and "not available" in seen["facts"]["erf"]  # no translation
+    assert "reaches into padding" in seen["facts"]["box"]
+    page.keyboard.press("PageDown")
+    assert drawn(page, root)["layer"] == rf.names[rf.names.index("layer1") + 1]
+    page.keyboard.press("PageUp")
+    click_pixel(page, root, (40, 60))
+    assert drawn(page, root)["facts"]["pixel"].startswith("pixel (40, 60): units rows")
+    page.keyboard.press("Escape")
+    assert "pixel" not in drawn(page, root)["facts"]
+    # "whole field": the view grows to every unit's unclipped box
+    choose(page, root, "layer4")
+    page.locator(f"#{root} input.rfx-pad").check()
+    x, y, w, h = (float(v) for v in page.locator(f"#{root} .rfx-img").get_attribute("viewBox").split())
+    boxes = [rf["layer4"].box(u) for u in itertools.product(*(range(n) for n in rf["layer4"].grid))]
+    (r0, r1), (c0, c1) = [(min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in (0, 1)]
+    assert x <= c0 < c1 + 1 <= x + w and y <= r0 < r1 + 1 <= y + h and r0 < -100
+    page.locator(f"#{root} input.rfx-pad").uncheck()
+    x, y, w, h = (float(v) for v in page.locator(f"#{root} .rfx-img").get_attribute("viewBox").split())
+    assert -10 < x < 0 and x + w < 125
+    # a click on a row of the layer table explores that layer
+    page.locator("tr[data-layer='layer3.0.conv1'] td.name").click()
+    assert drawn(page, root)["layer"] == "layer3.0.conv1"
+    choose(page, root, "layer1")
+    click_unit(page, root, (erf_unit[0] - 2, erf_unit[1] + 3))
+    click_pixel(page, root, (60, 52))
+    page.locator(f"#{root}").scroll_into_view_if_needed()
+    shot = ARTIFACTS / "explorer.png"
+    page.locator(f"#{root}").screenshot(path=str(shot))
+    return shot
+
+
+def test_resnet18_in_chromium(browser):
+    """One report, one page (the report is built once even when tests run in parallel)."""
+    from PIL import Image
     import torchvision
 
     torch.manual_seed(0)
@@ -389,116 +498,16 @@ def resnet18_report():
     ARTIFACTS.mkdir(exist_ok=True)
     path = write_report(ARTIFACTS / "explorer-resnet18.html",
                         build_report(model, (3, 112, 112), name="resnet18", erf_layers=["layer1"], samples=2))
-    return path, fields(model, (3, 112, 112), name="resnet18")
-
-
-def test_resnet18_units_and_pixels(browser, resnet18_report):
-    path, rf = resnet18_report
+    rf = fields(model, (3, 112, 112), name="resnet18")
     context, page, requests, errors = open_recorded(browser, path.as_uri(), viewport=(1280, 800))
-    root = "rfx-report"
     try:
-        page.locator(f"#{root}").scroll_into_view_if_needed()
-        assert page.evaluate(f"document.getElementById('{root}').dataset.rfxState") == "ready"
-        options = page.locator(f"#{root} select.rfx-layer option").all_inner_texts()
-        assert [o.split(" — ")[0] for o in options] == rf.names
-        pixels = [(0, 0), (111, 111), (56, 37), (5, 111), (111, 0)]
-        for name in ("conv1", "maxpool", "layer1.0.conv2", "layer2", "layer3.1.conv1", "layer4"):
-            choose(page, root, name)
-            check_clicks(page, root, rf[name], pixels)
-        # the whole geometry of a few layers, unit by unit and pixel by pixel
-        sub = rf.select(["conv1", "layer2.0.downsample.0", "layer4"])
-        for layer in sub.layers:
-            geo = js_geometry(page, root, rf.names.index(layer.name))
-            assert [as_box(b) for b in geo["box"]] == [layer.box(tuple(u)) for u in geo["units"]]
-            assert [as_box(b) for b in geo["clip"]] == [layer.box(tuple(u), clip=True) for u in geo["units"]]
-            picked = geo["pixels"][::7]
-            assert [as_box(s) for s in geo["seeing"][::7]] == [layer.units_seeing(tuple(p)) for p in picked]
-        # global layers say so and draw no box
-        for name in ("avgpool", "fc"):
-            choose(page, root, name)
-            seen = drawn(page, root)
-            assert seen["full"] is None and seen["clip"] is None and "global" in seen["notes"]
-        click_pixel(page, root, (3, 4))
-        assert "every unit of this global layer" in drawn(page, root)["facts"]["pixel"]
+        shot = resnet18_keyboard_erf_and_layout(page, "rfx-report", rf)
+        resnet18_units_and_pixels(page, "rfx-report", rf)
         assert errors == []
     finally:
         context.close()
     external = [url for url in requests if not url.startswith(("file:", "data:"))]
     assert external == [] and path.as_uri() in requests
-
-
-def test_resnet18_keyboard_erf_and_layout(browser, resnet18_report):
-    from PIL import Image
-
-    path, rf = resnet18_report
-    context, page, requests, errors = open_recorded(browser, path.as_uri(), viewport=(1280, 800))
-    root = "rfx-report"
-    try:
-        page.evaluate(f"document.getElementById('{root}').scrollIntoView()")
-        # usable at 1280×800: nothing overflows sideways and the whole explorer fits the window
-        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-        frame = page.locator(f"#{root}").bounding_box()
-        assert frame["width"] <= 1280 and frame["height"] <= 800, frame
-        for part in (".rfx-img", ".rfx-units", ".rfx-info", "select.rfx-layer"):
-            box = page.locator(f"#{root} {part}").bounding_box()
-            assert box["width"] > 100 and box["y"] >= 0 and box["y"] + box["height"] <= 800, (part, box)
-        assert page.locator(f"#{root} .rfx-img").bounding_box()["width"] >= 400
-        choose(page, root, "layer1")
-        layer = rf["layer1"]
-        erf_unit = (layer.grid[0] // 2, layer.grid[1] // 2)
-        click_unit(page, root, erf_unit)
-        seen = drawn(page, root)
-        assert seen["contours"] > 0 and seen["erf"] == [0, 0] and "measured at this unit" in seen["facts"]["erf"]
-        # arrow keys move the unit; each step redraws the exact box; the ERF follows by the jump
-        for key, step in (("ArrowRight", (0, 1)), ("ArrowDown", (1, 0)), ("ArrowLeft", (0, -1)),
-                          ("ArrowUp", (-1, 0)), ("ArrowDown", (1, 0))):
-            before = tuple(int(v) for v in drawn(page, root)["unit"].split(","))
-            page.keyboard.press(key)
-            seen = drawn(page, root)
-            unit = tuple(b + s for b, s in zip(before, step))
-            assert seen["unit"] == f"{unit[0]},{unit[1]}"
-            assert rect_box(seen["full"]) == layer.box(unit) and rect_box(seen["clip"]) == layer.box(unit, clip=True)
-            shift = [(u - e) * 4 for u, e in zip(unit, erf_unit)]  # layer1's jump is 4
-            assert seen["erf"] == [shift[1], shift[0]] and seen["contours"] > 0
-            assert ("translated by" if any(shift) else "measured at this unit") in seen["facts"]["erf"]
-        for _ in range(3):
-            page.keyboard.press("Shift+ArrowLeft")  # 8 units each, stops at the border
-        seen = drawn(page, root)
-        assert seen["unit"] == f"{erf_unit[0] + 1},0"
-        assert rect_box(seen["full"]) == layer.box((erf_unit[0] + 1, 0))
-        assert layer.box((erf_unit[0] + 1, 0))[1][0] < 0  # the field reaches into padding:
-        assert seen["contours"] == 0 and "not available" in seen["facts"]["erf"]  # no translation
-        assert "reaches into padding" in seen["facts"]["box"]
-        page.keyboard.press("PageDown")
-        assert drawn(page, root)["layer"] == rf.names[rf.names.index("layer1") + 1]
-        page.keyboard.press("PageUp")
-        click_pixel(page, root, (40, 60))
-        assert drawn(page, root)["facts"]["pixel"].startswith("pixel (40, 60): units rows")
-        page.keyboard.press("Escape")
-        assert "pixel" not in drawn(page, root)["facts"]
-        # "whole field": the view grows to every unit's unclipped box
-        choose(page, root, "layer4")
-        page.locator(f"#{root} input.rfx-pad").check()
-        x, y, w, h = (float(v) for v in page.locator(f"#{root} .rfx-img").get_attribute("viewBox").split())
-        boxes = [rf["layer4"].box(u) for u in itertools.product(*(range(n) for n in rf["layer4"].grid))]
-        (r0, r1), (c0, c1) = [(min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in (0, 1)]
-        assert x <= c0 < c1 + 1 <= x + w and y <= r0 < r1 + 1 <= y + h and r0 < -100
-        page.locator(f"#{root} input.rfx-pad").uncheck()
-        x, y, w, h = (float(v) for v in page.locator(f"#{root} .rfx-img").get_attribute("viewBox").split())
-        assert -10 < x < 0 and x + w < 125
-        # a click on a row of the layer table explores that layer
-        page.locator("tr[data-layer='layer3.0.conv1'] td.name").click()
-        assert drawn(page, root)["layer"] == "layer3.0.conv1"
-        choose(page, root, "layer1")
-        click_unit(page, root, (erf_unit[0] - 2, erf_unit[1] + 3))
-        click_pixel(page, root, (60, 52))
-        page.locator(f"#{root}").scroll_into_view_if_needed()
-        shot = ARTIFACTS / "explorer.png"
-        page.locator(f"#{root}").screenshot(path=str(shot))
-        assert errors == []
-    finally:
-        context.close()
-    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     cyan = (np.abs(pixels - np.array([0, 229, 255])).max(axis=-1) < 40).sum()  # the clipped box
     magenta = (np.abs(pixels - np.array([255, 0, 212])).max(axis=-1) < 60).sum()  # pixel + seers
@@ -538,7 +547,7 @@ def test_unet_with_transposed_convs(browser, tmp_path):
 def test_odd_fields_and_several_explorers_on_one_page(browser, tmp_path):
     models = [fields(Odd(), (1, 17, 16), name="odd"), fields(Circular(), (1, 9, 8), name="circular"),
               fields(DiagonalSum(), (1, 4, 4), name="diagonal"),
-              fields(WithFlip(), (3, 8, 8), name="flip <&> 'x'")]
+              fields(WithFlip(), (3, 8, 8), name="flip <&> 'x'"), fields(Gated(), (1, 10, 12), name="gated")]
     assert models[0]["pool"].factors[0].field.exact_units is not None
     body = "".join(explore(rf).to_html() for rf in models)
     page_path = tmp_path / "many.html"
@@ -546,7 +555,7 @@ def test_odd_fields_and_several_explorers_on_one_page(browser, tmp_path):
     context, page, requests, errors = open_recorded(browser, page_path.as_uri())
     try:
         roots = page.evaluate("Array.from(document.querySelectorAll('.rfx')).map(r => r.id)")
-        assert len(set(roots)) == 4
+        assert len(set(roots)) == 5
         for root, rf in zip(roots, models):
             assert page.evaluate(f"document.getElementById('{root}').dataset.rfxState") == "ready"
             known = sum(layer.known for layer in rf.layers)
@@ -563,6 +572,55 @@ def test_odd_fields_and_several_explorers_on_one_page(browser, tmp_path):
         assert seen["full"] is None and "unknown" in seen["notes"]
         assert page.locator(f"#{root} select.rfx-layer option").first.inner_text().startswith("conv")
         assert page.locator(f"#{root} .rfx-info").inner_text().count("flip") >= 1
+        root, rf = roots[4], models[4]  # a global layer with a 10×12 grid: all units see a pixel
+        choose(page, root, "head")
+        assert rf["head"].is_global and rf["head"].grid == (10, 12)
+        click_unit(page, root, (2, 3))
+        click_pixel(page, root, (9, 0))
+        seen = drawn(page, root)
+        assert seen["full"] is None and seen["clip"] is None and "global" in seen["notes"]
+        assert seeing_set(seen["seeing"]) == set(itertools.product(range(10), range(12)))
+        assert "every unit of this global layer" in seen["facts"]["pixel"]
+        choose(page, root, "conv")  # the pixel query follows the layer
+        assert seeing_set(drawn(page, root)["seeing"]) == brute_seeing(rf["conv"], (9, 0))
+        assert errors == []
+    finally:
+        context.close()
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+
+
+def test_jupyter_style_insertion(browser, tmp_path):
+    """A notebook front end sets an output's HTML and then runs its scripts (JupyterLab replaces
+    each script node); the explorer must start from that, twice on one page."""
+    rf = fields(UNet(), (3, 32, 32), name="unet")
+    blank = tmp_path / "notebook.html"
+    blank.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                     "<div class='out'></div><div class='out'></div></body></html>")
+    context, page, requests, errors = open_recorded(browser, blank.as_uri())
+    try:
+        for k, layer in enumerate(("up1", "down2")):
+            page.evaluate("""([k, text]) => {
+                const out = document.querySelectorAll('.out')[k];
+                out.innerHTML = text;
+                out.querySelectorAll('script').forEach(old => {
+                    const s = document.createElement('script');
+                    if (old.type) s.type = old.type;  // attributes other than the type are dropped
+                    s.textContent = old.textContent;
+                    old.replaceWith(s);
+                });
+            }""", [k, explore(rf, layer=layer)._repr_html_()])
+        roots = page.evaluate("Array.from(document.querySelectorAll('.rfx')).map(r => [r.id, r.dataset.rfxState])")
+        assert [state for _, state in roots] == ["ready", "ready"] and roots[0][0] != roots[1][0]
+        for (root, _), layer in zip(roots, ("up1", "down2")):
+            assert drawn(page, root)["layer"] == layer
+            click_unit(page, root, (3, 2))
+            assert rect_box(drawn(page, root)["full"]) == rf[layer].box((3, 2))
+        # keys work with the focus anywhere in the explorer (here: after a button click)
+        root = roots[1][0]
+        page.locator(f"#{root} button.rfx-prev").click()
+        page.locator(f"#{root} button.rfx-next").click()
+        page.keyboard.press("ArrowRight")
+        assert drawn(page, root)["unit"] == "3,3"
         assert errors == []
     finally:
         context.close()

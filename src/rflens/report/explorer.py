@@ -78,7 +78,9 @@ def component(rf: Any, pic: Picture, erfs: Sequence[Any] = (), *, initial: str |
         "<figure class='rfx-fm'><svg class='rfx-units' tabindex='0' role='img' aria-label='units'></svg>"
         "<figcaption>The layer's units (one cell per unit; the red dot marks the unit whose ERF was "
         "measured).</figcaption></figure>",
-        "<div class='rfx-info' aria-live='polite'></div>",
+        "<div class='rfx-info' aria-live='polite'><p>Starting the explorer… If this stays, its "
+        "script did not run (JavaScript off, or an untrusted notebook: run the cell again, or "
+        "save the view with <code>explore(rf).save(path)</code>).</p></div>",
         "</div>",
         f"{LEGEND}<p class='rfx-help'>{html.escape(HELP)}</p>",
         "<noscript><p>The explorer needs JavaScript; the tables below hold the same numbers.</p></noscript>",

@@ -150,7 +150,8 @@
   // ---------------------------------------------------------------- one explorer ------------
   function Explorer(root) {
     this.root = root;
-    this.data = JSON.parse(root.querySelector(".rfx-data").textContent);
+    // (front ends that re-create script nodes may drop the class: the type is enough)
+    this.data = JSON.parse(root.querySelector("script[type='application/json']").textContent);
     var d = this.data;
     this.spatial = d.spatial;
     this.ndim = d.spatial.length;
@@ -218,8 +219,11 @@
       if (u) { self.state.unit = u; self.state.hover = null; self.followUnit(); self.render(); }
       self.units.focus();
     });
-    [this.img, this.units].forEach(function (node) {
-      node.addEventListener("keydown", function (ev) { self.key(ev); });
+    // keys anywhere in the explorer, except where a control uses them itself
+    this.root.addEventListener("keydown", function (ev) {
+      var tag = ev.target.tagName;
+      if (tag === "SELECT" || (tag === "INPUT" && ev.target.type === "range")) { return; }
+      self.key(ev);
     });
     window.addEventListener("resize", function () { self.render(); });
   };
@@ -574,7 +578,9 @@
       el(NS, "circle", {cx: e.unit[c] + 0.5, cy: r < 0 ? 0.5 : e.unit[r] + 0.5, r: Math.max(0.18, 3 / scale),
                         "class": "rfx-erf-unit"}, g);
     }
-    if (v.seen && v.seen.range) {
+    if (v.seen && L.global) {  // every unit depends on every pixel
+      el(NS, "rect", {x: 0, y: 0, width: nC, height: nR, "class": "rfx-seeing rfx-all"}, g);
+    } else if (v.seen && v.seen.range) {
       var m = this.seenMask(v, depth), seenG = el(NS, "g", {"class": "rfx-seen"}, g);
       for (var row = 0; row < nR; row++) {
         var start = -1;
@@ -661,7 +667,7 @@
     if (s.pixel) {
       var text = "pixel " + tuple(s.pixel) + ": ";
       if (!v.geo) { text += "no inverse map (field unknown)"; }
-      else if (L.global) { text += "every unit of this global layer depends on it"; }
+      else if (L.global) { text += "every unit of this global layer depends on it (all highlighted)"; }
       else if (!v.seen.range) { text += "no unit of this layer sees it"; }
       else {
         var m = this.seenMask(v, this.unitDepth(v)), count = 0;
