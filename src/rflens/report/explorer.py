@@ -19,8 +19,8 @@ with the exact set of units behind that range highlighted.
 from __future__ import annotations
 
 import html
-import itertools
 import os
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,9 +29,6 @@ from typing import Any, Sequence
 from rflens.errors import RflensError
 from rflens.report.explorer_data import payload, to_script_json
 from rflens.report.images import Picture, picture
-
-_COUNTER = itertools.count()
-
 
 def asset(name: str) -> str:
     """Text of a file shipped in ``rflens/report/assets`` (package data)."""
@@ -56,7 +53,7 @@ def component(rf: Any, pic: Picture, erfs: Sequence[Any] = (), *, initial: str |
     if ndim not in (1, 2, 3):
         raise RflensError(f"the explorer draws 1-D, 2-D and 3-D inputs; {rf.model} has {ndim} "
                           "spatial axes")
-    uid = uid or f"rfx-{os.getpid():x}-{next(_COUNTER)}"
+    uid = uid or f"rfx-{uuid.uuid4().hex[:12]}"  # unique even across notebook kernels
     data = to_script_json(payload(rf, pic, erfs, initial))
     width, height = (rf.spatial_shape[-1], 1) if ndim == 1 else (rf.spatial_shape[-1], rf.spatial_shape[-2])
     slices = "<span class='rfx-slices'></span>" if ndim == 3 else ""
