@@ -4,8 +4,8 @@
     .venv/bin/python scripts/make_figures.py --no-report-screenshot
 
 Uses torchvision's resnet18 with untrained weights (torch.manual_seed(0); nothing is downloaded),
-scikit-image's bundled astronaut photo, and, for the report screenshot, headless Chromium through
-Playwright when a ``chromium`` binary is on PATH.
+scikit-image's bundled astronaut photo, and, for the report and explorer screenshots, headless
+Chromium through Playwright when a ``chromium`` binary is on PATH.
 """
 
 from __future__ import annotations
@@ -53,8 +53,14 @@ def erf_maps_side_by_side(result):
     return fig
 
 
-def report_screenshot(report: Path, target: Path) -> bool:
-    """The top of the report in headless Chromium, at half size; False when no browser."""
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def report_screenshots(report: Path, top: Path, explorer: Path) -> bool:
+    """The top of the report at half size, and the explorer at 1280×800 (resnet18's layer2: a
+    unit beside the centre, its box and translated ERF contours, and a clicked pixel with the
+    units that see it); False when there is no browser."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         return False
@@ -62,16 +68,35 @@ def report_screenshot(report: Path, target: Path) -> bool:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 1500})
         page.goto(report.as_uri())
         shot = Path(tmp) / "shot.png"
         page.screenshot(path=str(shot))
-        browser.close()
         image = Image.open(shot).convert("RGB")
-        image.resize((image.width // 2, image.height // 2), Image.LANCZOS).save(target, optimize=True)
+        image.resize((image.width // 2, image.height // 2), Image.LANCZOS).save(top, optimize=True)
+
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(report.as_uri())
+        root = page.locator("#rfx-report")
+        root.scroll_into_view_if_needed()
+        layer2 = page.evaluate("Array.from(document.querySelectorAll('#rfx-report option'))"
+                               ".find(o => o.textContent.startsWith('layer2 ')).value")
+        page.locator("#rfx-report select.rfx-layer").select_option(value=layer2)
+
+        def click(panel: str, x: float, y: float) -> None:
+            point = page.evaluate("""([panel, x, y]) => {
+                const svg = document.querySelector('#rfx-report .' + panel), p = svg.createSVGPoint();
+                p.x = x; p.y = y; const q = p.matrixTransform(svg.getScreenCTM()); return [q.x, q.y]; }""",
+                                  [panel, x, y])
+            page.mouse.click(*point)
+
+        click("rfx-units", 15.5, 12.5)  # unit (12, 15) of 28×28: its ERF is the centre's, shifted
+        click("rfx-img", 150.5, 60.5)   # pixel (60, 150)
+        page.mouse.move(1, 1)
+        root.screenshot(path=str(explorer))
+        Image.open(explorer).convert("RGB").save(explorer, optimize=True)
+        browser.close()
     return True
 
 
@@ -109,8 +134,9 @@ def main() -> int:
             report = write_report(Path(tmp) / "report.html",
                                   build_report(torchvision.models.resnet18(), SHAPE, name="resnet18",
                                                erf_layers=["layer1", "layer2", "layer3"]))
-            if not report_screenshot(report, OUT / "report.png"):
-                print("no chromium on PATH: kept the old docs/images/report.png", file=sys.stderr)
+            if not report_screenshots(report, OUT / "report.png", OUT / "explorer.png"):
+                print("no chromium on PATH: kept the old docs/images/report.png and explorer.png",
+                      file=sys.stderr)
     for path in sorted(OUT.glob("*.png")):
         print(f"{path.relative_to(ROOT)}  {path.stat().st_size / 1024:.0f} KiB")
     print(f"done in {time.perf_counter() - start:.0f} s")

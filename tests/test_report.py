@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ import rflens
 from rflens.cli import main
 from rflens.errors import RflensError
 from rflens.report import ERFEntry, auto_erf_layers, build_report, render_html
+
+from browser import browser, open_recorded  # noqa: F401 (a fixture)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WEIRD = "<b>&weird\"'"  # a legal module name that is also HTML
@@ -56,12 +57,22 @@ def resources(text: str) -> list[str]:
     return urls
 
 
+NETWORK_JS = ("fetch(", "xmlhttprequest", "import(", "websocket", "eventsource", "sendbeacon",
+              "importscripts", "serviceworker", ".src =", ".src=", "location.href", "window.open")
+
+
 def assert_self_contained(text: str) -> None:
+    """Every URL is a data: PNG or a #fragment; scripts are inline (no src) and call no network
+    API; no link/iframe/object element, no http(s) anywhere."""
     for url in resources(text):
         assert url.startswith("data:image/png;base64,") or url.startswith("#"), url[:80]
     lowered = text.lower()
-    assert "<script" not in lowered and "<link" not in lowered and "<iframe" not in lowered
-    assert "http://" not in lowered and "https://" not in lowered
+    assert "<link" not in lowered and "<iframe" not in lowered and "<object" not in lowered
+    assert "http://" not in lowered and "https://" not in lowered and "//cdn" not in lowered
+    for tag in re.findall(r"<script\b[^>]*>", lowered):
+        assert "src" not in tag, tag
+    for code in re.findall(r"<script\b[^>]*>(.*?)</script>", lowered, flags=re.S):
+        assert not [word for word in NETWORK_JS if word in code], [w for w in NETWORK_JS if w in code]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +86,7 @@ def test_report_sections_and_warnings(troubled_html):
     rf = rflens.receptive_field(Troubled(), (3, 16, 16))
     assert "<title>Receptive fields of troubled &lt;net&gt;</title>" in text
     assert "input 3×16×16" in text
-    for section in ("summary", "warnings", "growth", "erf", "layers"):
+    for section in ("summary", "warnings", "explore", "growth", "erf", "layers"):
         assert f"<section id='{section}'" in text
 
     def group(gid: str) -> str:
@@ -108,7 +119,9 @@ def test_self_containment_check_catches_external_urls():
     page = "<html><body><img src='data:image/png;base64,iVBOR'><a href='#x'>x</a></body></html>"
     assert_self_contained(page)
     for bad in ("<img src='https://example.org/a.png'>", "<style>b{background:url(x.png)}</style>",
-                "<link rel=stylesheet href='s.css'>", "<script src='//cdn.example.org/x.js'></script>"):
+                "<link rel=stylesheet href='s.css'>", "<script src='//cdn.example.org/x.js'></script>",
+                "<script src=x.js></script>", "<script>fetch('x.json')</script>",
+                "<script>new XMLHttpRequest()</script>", "<script>import('./m.js')</script>"):
         with pytest.raises(AssertionError):
             assert_self_contained(page.replace("<body>", "<body>" + bad))
 
@@ -159,46 +172,11 @@ def test_cli_report(tmp_path, capsys):
 
 # --- in a real browser --------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary on PATH (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
-    with sync_api.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield instance
-        instance.close()
-
-
-def open_recorded(browser, url: str):
-    """A page on ``url`` with every request recorded; anything that is not file: or data: is
-    aborted (and recorded), so the test can never reach the network."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    requests: list[str] = []
-    context.on("request", lambda request: requests.append(request.url))
-
-    def guard(route):
-        if route.request.url.startswith(("file:", "data:")):
-            route.continue_()
-        else:
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.goto(url)
-    page.wait_for_load_state("load")
-    return context, page, requests
-
 
 def test_request_recorder_sees_external_requests(browser, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text("<html><body><img src='http://rflens.invalid/x.png'></body></html>")
-    context, _, requests = open_recorded(browser, probe.as_uri())
+    context, _, requests, _ = open_recorded(browser, probe.as_uri())
     context.close()
     assert any(url.startswith("http://rflens.invalid") for url in requests)
 
@@ -211,8 +189,9 @@ def test_report_renders_in_chromium(browser, tmp_path, capsys):
     assert main(["report", "torchvision:resnet18", "--input", "3x112x112", "--erf-layers", "layer1",
                  "layer2", "--samples", "4", "-o", str(report), "-q"]) == 0
     capsys.readouterr()
-    context, page, requests = open_recorded(browser, report.as_uri())
+    context, page, requests, errors = open_recorded(browser, report.as_uri())
     try:
+        assert errors == []
         external = [u for u in requests if not u.startswith(("file:", "data:"))]
         assert external == [], external
         assert report.as_uri() in requests

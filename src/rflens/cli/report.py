@@ -12,9 +12,12 @@ def add_parser(sub) -> None:
     from rflens.report import AUTO_ERF_LAYERS, ERF_SAMPLES
 
     p = sub.add_parser("report", help="self-contained HTML report: TRF table, warnings, plots, ERFs",
-                       description="Write one self-contained HTML file (inline CSS and images, no "
-                                   "external request) with the model and input, the per-layer TRF "
-                                   "table, warnings, the growth plot and ERF heat maps with metrics.")
+                       description="Write one self-contained HTML file (inline CSS, JavaScript and "
+                                   "images, no external request) with the model and input, an "
+                                   "interactive explorer (point at a unit to see its exact field on "
+                                   "the input, click a pixel to see the units that see it), the "
+                                   "per-layer TRF table, warnings, the growth plot and ERF heat maps "
+                                   "with metrics.")
     add_model_arguments(p)
     p.add_argument("--erf-layers", nargs="+", metavar="NAME", default=["auto"],
                    help="module names to measure the ERF of; 'auto' (default): the last "
@@ -25,6 +28,12 @@ def add_parser(sub) -> None:
     p.add_argument("--inputs", default="noise", metavar="noise|samples|DIR",
                    help="ERF inputs: Gaussian noise (default), scikit-image's photos, or a folder")
     p.add_argument("--seed", type=int, default=0, help="seed for untrained weights and noise inputs")
+    p.add_argument("--image", metavar="FILE", default=None,
+                   help="picture under the explorer, resized and centre-cropped to the input "
+                        "(default: scikit-image's bundled photo for 2-D inputs with 1 or 3 "
+                        "channels, else a grid)")
+    p.add_argument("--no-explorer", action="store_true",
+                   help="leave the interactive explorer out (a static page)")
     p.add_argument("-o", "--output", metavar="FILE", default="report.html",
                    help="the HTML file to write (default report.html)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -54,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise RflensError(f"--samples must be a positive integer, not {args.samples}")
+    if args.image is not None and args.no_explorer:
+        raise RflensError("--image is drawn under the explorer; drop --no-explorer or --image")
     if not str(args.output).lower().endswith((".html", ".htm")):
         raise RflensError(f"-o {args.output}: the report is HTML; give a .html file")
     start = time.perf_counter()
@@ -61,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     model, name, shape = resolve(args)
     log = None if args.quiet else (lambda text: print(f"rflens: {text}", file=sys.stderr))
     text = build_report(model, shape, name=name, erf_layers=_erf_layers(args.erf_layers),
-                        samples=args.samples, inputs=args.inputs, seed=args.seed, log=log)
+                        samples=args.samples, inputs=args.inputs, seed=args.seed, image=args.image,
+                        explorer=not args.no_explorer, log=log)
     path = write_report(args.output, text)
     size = path.stat().st_size / 1024
     print(f"wrote {path} ({size:.0f} KiB, {time.perf_counter() - start:.1f} s); open {path.as_uri()}")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from rflens.errors import RflensError
 from rflens.erf import effective_receptive_field
 from rflens.report.html import ERFEntry, render_html
+from rflens.report.images import picture
 from rflens.trf import LayerRef, receptive_field
 
 ERF_SAMPLES = 16
@@ -68,7 +69,7 @@ def check_layers(model: Any, layers: Sequence[str]) -> None:
 
 def build_report(model: Any, input_shape: Sequence[int] | None = None, *, name: str | None = None,
                  erf_layers: Sequence[str] | str | None = "auto", samples: int = ERF_SAMPLES,
-                 inputs: Any = "noise", seed: int = 0,
+                 inputs: Any = "noise", seed: int = 0, image: Any = None, explorer: bool = True,
                  log: Callable[[str], None] | None = None) -> str:
     """Analyse ``model`` and return the report's HTML.
 
@@ -76,8 +77,12 @@ def build_report(model: Any, input_shape: Sequence[int] | None = None, *, name: 
     module names, ``"auto"`` (:func:`auto_erf_layers`) or ``None``/``[]`` for no ERF section.
     ERFs use ``samples`` inputs of ``inputs`` (default standard Gaussian noise), the model's own
     weights, ``|gradient|`` summed over channels, at each layer's centre unit; the report says so.
+    ``image``: the picture under the explorer (a file path, an array or a tensor; see
+    :func:`rflens.report.images.picture`); default scikit-image's bundled photo (1 or 3 channels,
+    2-D) or a grid. ``explorer=False`` leaves the interactive section out.
     """
     shape = tuple(input_shape) if input_shape is not None else (3, 224, 224)
+    pic = picture(shape, image) if explorer else None  # a bad --image fails before any work
     label = name or type(model).__name__
     rf = receptive_field(model, shape, name=label)
     if erf_layers == "auto":
@@ -88,7 +93,7 @@ def build_report(model: Any, input_shape: Sequence[int] | None = None, *, name: 
     entries = compute_erfs(model, shape, layers, samples=samples, inputs=inputs, seed=seed, name=label,
                            log=log)
     params = sum(p.numel() for p in model.parameters())
-    return render_html(rf, entries, samples=samples, parameters=params,
+    return render_html(rf, entries, samples=samples, parameters=params, image=pic, explorer=explorer,
                        erf_choice="chosen automatically (the last top-level stages whose field fits "
                                   "the input)" if erf_layers == "auto" else "chosen by the user")
 
@@ -103,5 +108,3 @@ def write_report(path: str | Path, text: str) -> Path:
         raise RflensError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target.resolve()
 
-
-# --- rendering -------------------------------------------------------------------------------------
