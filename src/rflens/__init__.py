@@ -19,10 +19,15 @@ _LAZY = {"effective_receptive_field": "rflens.erf", "analytic_erf": "rflens.erf"
          "load_model": "rflens.sources"}
 
 
+_SUBPACKAGES = {"erf", "dense", "tile", "plot", "report", "sources", "experiments", "geometry"}
+
+
 def __getattr__(name: str):
     # heavier parts load on first use
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"rflens.{name}")
     raise AttributeError(f"module 'rflens' has no attribute {name!r}")

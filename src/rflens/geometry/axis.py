@@ -69,6 +69,9 @@ class AxisMap:
     def evaluate(self, units: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
         """Inclusive intervals ``(lo, hi)`` of the given unit indices (vectorised, int64)."""
         units = np.asarray(units, dtype=np.int64)
+        if self.period == 1:  # uniform: no table lookup
+            offset = units * self.shift
+            return offset + self.lo_table[0], offset + self.hi_table[0]
         block, phase = np.divmod(units, self.period)
         lo_table, hi_table = self._tables
         return lo_table[phase] + block * self.shift, hi_table[phase] + block * self.shift
@@ -80,6 +83,12 @@ class AxisMap:
     def interval(self, unit: int) -> Interval:
         lo, hi = self.evaluate(np.array([unit]))
         return int(lo[0]), int(hi[0])
+
+    @cached_property
+    def is_identity(self) -> bool:
+        """Unit ``i`` reads exactly unit ``i`` (for every integer ``i``)."""
+        return (self.period == 1 and self.shift == 1 and self.lo_table == (0,) and self.hi_table == (0,)
+                and self.exact_units is None)
 
     @property
     def has_no_empty(self) -> bool:

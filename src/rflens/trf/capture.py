@@ -12,6 +12,7 @@ also produces a new version of the view's base.
 from __future__ import annotations
 
 import warnings
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from rflens.errors import RflensError
 from rflens.trf.instrument import ModuleTracker, eval_mode, meta_state, output_items
 from rflens.trf.rules import lookup
 from rflens.trf.rules.registry import SCHEMAS
+from rflens.trf.shapes import shortcut
 from rflens.trf.rules.writeback import INPLACE_WRITEBACK
 
 
@@ -73,15 +75,30 @@ class Capture:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _OpInfo:
+    """What capture needs to know about one op overload, worked out once per overload."""
+
+    name: str
+    overload: str
+    tags: frozenset[str]
+    schema: tuple
+    has_rule: bool
+    mutable: bool
+    view: bool
+    shortcut: object  # shape-only replacement of the meta kernel, or None
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
-        self.ids = WeakIdKeyDictionary()
+        # id(tensor) -> (version id, weak reference): identity checked through the weak reference,
+        # so a freed tensor's recycled id is never mistaken for it
+        self.ids: dict[int, tuple[int, weakref.ref]] = {}
         self.next_id = 0
         self.nodes: list[Node] = []
         self.stack: list[str] = []
-        self.tag_cache: dict = {}
-        self.schema_cache: dict = {}
+        self.info: dict = {}
         self.origin: list[str] = []
         self.meta = False
         self.muted = 0  # > 0 while a composite runs: its inner ops are not recorded
@@ -89,12 +106,16 @@ class _Recorder(TorchDispatchMode):
 
     def track(self, t: torch.Tensor) -> TensorRef:
         ref = TensorRef(self.next_id, tuple(t.shape))
-        self.ids[t] = ref.id
+        self.ids[id(t)] = (ref.id, weakref.ref(t))
         self.next_id += 1
         return ref
 
+    def version(self, t: torch.Tensor) -> int | None:
+        entry = self.ids.get(id(t))
+        return entry[0] if entry is not None and entry[1]() is t else None
+
     def ref(self, t: torch.Tensor) -> TensorRef:
-        return TensorRef(self.ids.get(t), tuple(t.shape))
+        return TensorRef(self.version(t), tuple(t.shape))
 
     def _refs(self, a):
         """An argument with tensors replaced by TensorRefs (aten args nest one list deep)."""
@@ -104,49 +125,48 @@ class _Recorder(TorchDispatchMode):
             return type(a)(self.ref(b) if isinstance(b, torch.Tensor) else b for b in a)
         return a
 
-    def tags_of(self, func) -> frozenset[str]:
-        tags = self.tag_cache.get(func)
-        if tags is None:
+    def info_of(self, func) -> _OpInfo:
+        info = self.info.get(func)
+        if info is None:
             names = {str(t).split(".")[-1] for t in func.tags}
             packet = func.overloadpacket.__name__
             if packet.endswith("_") and "pointwise" not in names:  # relu_ inherits relu's tags
                 base = getattr(torch.ops.aten, packet[:-1], None)
                 if base is not None and hasattr(base, "default"):
                     names |= {str(t).split(".")[-1] for t in base.default.tags}
-            tags = self.tag_cache[func] = frozenset(names)
-        return tags
-
-    def schema_of(self, func) -> tuple:
-        schema = self.schema_cache.get(func)
-        if schema is None:
-            schema = self.schema_cache[func] = tuple(
-                (a.name, a.default_value if a.has_default_value() else None)
-                for a in func._schema.arguments)
-        return schema
+            tags = frozenset(names)
+            schema = tuple((a.name, a.default_value if a.has_default_value() else None)
+                           for a in func._schema.arguments)
+            info = self.info[func] = _OpInfo(packet, func._overloadname, tags, schema,
+                                             lookup(packet, tags) is not None, func._schema.is_mutable,
+                                             func.is_view, shortcut(func))
+        return info
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.muted or not any(t in self.ids for t in _tensors(args, kwargs)):
+        if self.muted or not any(self.version(t) is not None for t in _tensors(args, kwargs)):
             return func(*args, **kwargs)
-        name = func.overloadpacket.__name__
-        tags = self.tags_of(func)
-        if lookup(name, tags) is None:
+        info = self.info_of(func)
+        if not info.has_rule:
             decomposed = self._decompose(func, args, kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
         arg_refs = tuple(self._refs(a) for a in args)
-        kwarg_refs = {k: self._refs(v) for k, v in kwargs.items()}
-        shortcut = _SHAPE_ONLY.get(func) if self.meta else None
-        out = shortcut(*args, **kwargs) if shortcut else func(*args, **kwargs)
+        kwarg_refs = {k: self._refs(v) for k, v in kwargs.items()} if kwargs else {}
+        out = NotImplemented
+        if self.meta and info.shortcut is not None:
+            out = info.shortcut(*args, **kwargs)
+        if out is NotImplemented:
+            out = func(*args, **kwargs)
         outs = _flat_tensors(out)
         refs = tuple(self.track(t) for t in outs)
-        node = Node(len(self.nodes), name, func._overloadname, arg_refs, kwarg_refs,
-                    refs, self.stack[-1] if self.stack else "", tags,
-                    self.origin[0] if self.origin else "", self.schema_of(func))
+        node = Node(len(self.nodes), info.name, info.overload, arg_refs, kwarg_refs,
+                    refs, self.stack[-1] if self.stack else "", info.tags,
+                    self.origin[0] if self.origin else "", info.schema)
         self.nodes.append(node)
-        if func._schema.is_mutable:
+        if info.mutable:
             self._write_back(node, outs)
-        elif outs and func.is_view:
+        elif outs and info.view:
             source = next((t for t in _tensors(args, kwargs)), None)
             if source is not None:
                 self.view_parent[outs[0]] = (source, node)
@@ -223,7 +243,7 @@ class _Composites(TorchFunctionMode):
         if func in _PAD_FUNCTIONS:
             x = args[0] if args else kwargs.get("input")
             mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-            if mode == "circular" and isinstance(x, torch.Tensor) and x in self.recorder.ids:
+            if mode == "circular" and isinstance(x, torch.Tensor) and self.recorder.version(x) is not None:
                 pad = list(kwargs.get("pad", args[1] if len(args) > 1 else ()))
                 return self.recorder.composite("pad_circular", lambda: func(*args, **kwargs), (x, pad))
         return func(*args, **kwargs)
@@ -249,26 +269,6 @@ def _tensors(args, kwargs):
             for b in a:
                 if isinstance(b, torch.Tensor):
                     yield b
-
-
-def _bn_eval_shapes(x, weight, bias, mean, var, momentum, eps):
-    """Output of eval-mode batch norm on meta tensors: PyTorch's meta kernel for it is a slow
-    Python decomposition, and only the shapes matter here."""
-    c = x.shape[1] if x.dim() > 1 else 0
-    return (torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)))
-
-
-def _native_bn_shapes(x, weight, bias, mean, var, training, momentum, eps):
-    if training:
-        return torch.ops.aten.native_batch_norm.default(x, weight, bias, mean, var, training,
-                                                        momentum, eps)
-    c = x.shape[1] if x.dim() > 1 else 0
-    return (torch.empty_like(x), x.new_empty((c,)), x.new_empty((c,)))
-
-
-# ops whose meta outputs are built from shapes alone (meta runs only), keyed by overload
-_SHAPE_ONLY = {torch.ops.aten._native_batch_norm_legit_no_training.default: _bn_eval_shapes,
-               torch.ops.aten.native_batch_norm.default: _native_bn_shapes}
 
 
 def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> Capture:

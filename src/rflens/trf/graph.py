@@ -62,8 +62,9 @@ def input_field(shape: tuple[int, ...], n_spatial: int) -> TensorField:
 def _to_arg(x, fields: dict[int, TensorField]):
     if isinstance(x, TensorRef):
         return Arg(x.shape, fields.get(x.id) if x.id is not None else None)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_arg(v, fields) for v in x)
+    if isinstance(x, (list, tuple)) and any(isinstance(v, TensorRef) for v in x):
+        return type(x)(Arg(v.shape, fields.get(v.id) if v.id is not None else None)
+                       if isinstance(v, TensorRef) else v for v in x)
     return x
 
 
@@ -100,7 +101,7 @@ def analyse(cap: Capture, n_spatial: int) -> Analysis:
 
 
 def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
-    args = _to_arg(node.args, fields)
+    args = tuple(_to_arg(a, fields) for a in node.args)
     kwargs = {k: _to_arg(v, fields) for k, v in node.kwargs.items()}
     call = OpCall(node.name, args, kwargs, [r.shape for r in node.outputs], node.tags, schema=node.schema)
     live = call.fields
@@ -109,7 +110,7 @@ def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
     outs = None
     if rule is not None:
         try:
-            outs = [compact(f) if f is not None else None for f in rule(call)]
+            outs = [f if f is None or any(f is g for g in live) else compact(f) for f in rule(call)]
         except Exception as exc:  # a rule that cannot handle these arguments: report, never guess
             reason = f"its rule failed ({type(exc).__name__}: {exc})"
         else:

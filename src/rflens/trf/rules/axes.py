@@ -48,6 +48,8 @@ def apply_reads(f: Factor, reads: AxisMap, n_out: int, taps: np.ndarray | None =
     """The factor of a layer's output along one axis, given what each output unit reads."""
     if f.axis is None:
         return Factor(n_out)
+    if taps is None and step == 1 and n_out == f.size and reads.is_identity:
+        return f  # a 1x1 stride-1 window: nothing changes
     if taps is None:
         taps = taps_of(reads, n_out, f.size, step)
     lo, hi = gather_hull(f.lo, f.hi, taps)

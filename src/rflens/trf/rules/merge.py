@@ -30,6 +30,8 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...], inputs: list | None = 
             if a.field is not None]
     if not args:
         return None
+    if len(args) == 1 and tuple(args[0][1].shape) == tuple(shape):
+        return args[0][1].field  # one path, same shape: every unit reads its own unit
     nd = len(shape)
     dims, lost = [], set()
     for d in range(nd):

@@ -71,7 +71,7 @@ class OpCall:
         """The op's first argument (``self`` / ``input`` in aten schemas)."""
         return self.args[0] if self.args else next(iter(self.kwargs.values()), None)
 
-    @property
+    @cached_property
     def tensor_args(self) -> list[Arg]:
         out = []
         for a in list(self.args) + list(self.kwargs.values()):
@@ -81,7 +81,7 @@ class OpCall:
                 out.extend(x for x in a if isinstance(x, Arg))
         return out
 
-    @property
+    @cached_property
     def fields(self) -> list[TensorField]:
         return [a.field for a in self.tensor_args if a.field is not None]
 
