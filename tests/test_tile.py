@@ -29,7 +29,7 @@ from rflens import tile
 from rflens.cli import main
 from rflens.errors import RflensError
 from rflens.geometry.axis import AxisMap, compose, transposed_conv_reads, window_reads
-from rflens.tile.geometry import halo_of, min_tile, segments
+from rflens.tile.geometry import balanced_tile, count, halo_of, min_tile, segments
 
 try:
     import tile_models as tm
@@ -191,6 +191,14 @@ def test_lraspp_first_global_module_is_the_first_se_block():
     assert not p.exact and p.global_module == "backbone.4.block.2.avgpool"
 
 
+def test_classifier_is_refused_at_its_global_pool():
+    import torchvision
+
+    p = tile.plan(torchvision.models.resnet18(weights=None), (3, 64, 64))
+    assert not p.exact and p.global_module == "avgpool" and p.axes is None
+    assert p.output_shape == (1, 1000)
+
+
 def test_size_dependent_padding_is_refused_and_really_seams():
     model = _model(tm.SamePad)
     p = tile.plan(model, (1, 101), 20)  # odd whole input, even tiles: different left padding
@@ -235,7 +243,14 @@ def test_segments_cover_partition_and_keep_halos(n, before, after, align, q, ext
     size = min_tile(before, after, align) + align * (extra // align)
     per_block = q * align
     n_out = -(-n // align) * per_block + out_extra  # at least every block's units
+    smallest = min_tile(before, after, align)
+    even = balanced_tile(n, size, before, after, align, smallest)
+    assert even <= size and count(n, even, before, after, align) <= count(n, size, before, after,
+                                                                          align)
+    if n > size and even > smallest:  # one block less and more tiles are needed
+        assert count(n, even - align, before, after, align) > count(n, size, before, after, align)
     segs = segments(n, n_out, size, before, after, align, per_block)
+    assert len(segs) == count(n, size, before, after, align)
     assert segs[0].start == 0 and segs[-1].stop == n
     assert segs[0].core[0] == 0 and segs[-1].core[1] == n
     assert segs[0].keep[0] == 0 and segs[-1].keep[1] == n_out
@@ -282,9 +297,14 @@ def test_tile_too_small_is_one_line_error():
         tile.plan(_model(tm.UNet), (1, 100, 76), 24)
 
 
-def test_tile_rounded_to_the_alignment_with_a_note():
+def test_tile_rounded_to_the_alignment_and_balanced_with_notes():
     p = tile.plan(_model(tm.UNet), (1, 100, 76), 42)
     assert p.tile == (40, 40) and any("rounded down to 40" in n for n in p.notes)
+    # 64-pixel tiles on 200 (halo 11/11, alignment 4): windows at 0, 40, 80, 120, 136 (step
+    # 64 - 11 - 12 rounded down to 40); 5 tiles of 60 (step 36, last at 140) also reach 200;
+    # 56 (step 32: 0, 32, 64, 96, 128, 144) would need 6
+    q = tile.plan(_model(tm.UNet), (1, 200, 200), 64)
+    assert q.tile == (60, 60) and q.grid == (5, 5) and "on every axis" in q.notes[0]
 
 
 def test_unproductive_layers_and_useful_sizes_by_hand():

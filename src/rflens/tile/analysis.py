@@ -208,14 +208,16 @@ def min_sizes(model: nn.Module, shape: tuple[int, ...], align: tuple[int, ...]
             out.append(1)
             continue
         top = n
-        lo_j, hi_j = 0, n // a  # runs(hi_j * a) is checked below
-        if hi_j >= 1 and runs(hi_j * a):
+        lo_j, hi_j = 1, n // a
+        if hi_j >= 1 and runs(a):
+            top = a
+        elif hi_j >= 2 and runs(hi_j * a):  # runs(lo_j * a) is False, runs(hi_j * a) True
             while hi_j - lo_j > 1:
                 mid = (lo_j + hi_j) // 2
                 lo_j, hi_j = (lo_j, mid) if runs(mid * a) else (mid, hi_j)
             top = hi_j * a
         best = top
-        for m in range(max(1, top - a + 1), top):
+        for m in range(max(2, top - a + 1), top):
             if runs(m):
                 best = m
                 break

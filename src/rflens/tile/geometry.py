@@ -24,8 +24,8 @@ import numpy as np
 
 from rflens.geometry.axis import AxisMap
 
-__all__ = ["AxisSegment", "halo_of", "smallest_clean_input", "segments", "min_tile",
-           "round_up", "round_down", "erf_halo"]
+__all__ = ["AxisSegment", "halo_of", "smallest_clean_input", "segments", "min_tile", "count",
+           "balanced_tile", "round_up", "round_down", "erf_halo"]
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -120,6 +120,30 @@ def _starts(n_image: int, tile: int, step: int, align: int) -> list[tuple[int, i
             break
         windows.append((nxt, nxt + tile))
     return windows
+
+
+def count(n_image: int, tile: int, before: int, after: int, align: int) -> int:
+    """How many tiles of ``tile`` pixels an axis of ``n_image`` pixels needs."""
+    step = round_down(tile - after - round_up(before, align), align)
+    return len(_starts(n_image, tile, step, align))
+
+
+def balanced_tile(n_image: int, tile: int, before: int, after: int, align: int,
+                  smallest: int) -> int:
+    """The smallest tile (a multiple of ``align``, at least ``smallest``, at most ``tile``) that
+    needs no more tiles than ``tile`` does: same count, less overlap (the last tile, moved back
+    to end at the border, overlaps its neighbour less)."""
+    if n_image <= tile:
+        return tile
+    want = count(n_image, tile, before, after, align)
+    lo, hi = round_up(smallest, align) // align, tile // align  # count(hi * align) == want
+    while hi - lo > 0:
+        mid = (lo + hi) // 2
+        if count(n_image, mid * align, before, after, align) <= want:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi * align
 
 
 def segments(n_image: int, n_out: int, tile: int, before: int, after: int, align: int,

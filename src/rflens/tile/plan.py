@@ -11,8 +11,8 @@ from torch import nn
 
 from rflens.errors import RflensError
 from rflens.tile import analysis as an
-from rflens.tile.geometry import (erf_halo, halo_of, min_tile, round_down, segments,
-                                  smallest_clean_input, units_per_block)
+from rflens.tile.geometry import (balanced_tile, count, erf_halo, halo_of, min_tile, round_down,
+                                  segments, smallest_clean_input, units_per_block)
 from rflens.tile.result import TilePlan
 from rflens.trf.engine import receptive_field
 from rflens.trf.instrument import LayerRef
@@ -38,8 +38,9 @@ def plan(model: nn.Module, input_shape: Sequence[int], tile: int | Sequence[int]
     """Plan tiled inference of ``model`` (up to ``layer``; default its output) on an input of
     ``input_shape = (C, *spatial)`` pixels (no batch axis).
 
-    ``tile``: the tile window in input pixels (one int for every axis, or one per axis); rounded
-    down to a multiple of the alignment; default :data:`DEFAULT_TILE` (at most the input). The
+    ``tile``: the largest tile window in input pixels (one int for every axis, or one per axis);
+    rounded down to a multiple of the alignment, then reduced to the smallest multiple that needs
+    no more tiles (less overlap); default :data:`DEFAULT_TILE` (at most the input). The
     halo comes from the exact fields; ``erf`` (an ERF result of the same ``layer`` on the same
     input shape, e.g. ``rflens.effective_receptive_field(model, layer, input_shape)``) replaces it
     by the halo holding ``erf_mass`` of the ERF mass (never exact; for models with global paths).
@@ -48,50 +49,29 @@ def plan(model: nn.Module, input_shape: Sequence[int], tile: int | Sequence[int]
     shape = tuple(int(s) for s in input_shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise RflensError(f"input shape {shape} must be (channels, *spatial) with positive sizes")
-    n = len(shape) - 1
-    ref = LayerRef.parse(layer, model)
+    if erf is not None and not 0 < erf_mass < 1:
+        raise RflensError(f"erf_mass {erf_mass} must be a fraction between 0 and 1, e.g. 0.99")
     label = name or type(model).__name__
-    x = torch.empty((1, *shape), dtype=an.model_dtype(model), device="meta")
-    rf = receptive_field(model, example_inputs=x, name=label)
-    if ref.name not in rf and not ref.key:  # a dict output: its first tensor, e.g. output[out]
-        first = next((r.name for r in rf if r.name.startswith(ref.name + "[")), None)
-        if first is not None:
-            ref = LayerRef(ref.module, ref.call, first[len(ref.name):])
+    rf, ref = _rows(model, shape, layer, label)
     row = rf[ref.name]
     whole = an.trace_at(model, (1, *shape), ref)
-    dims = an.output_dims(whole)
     facts = an.inspect_graph(whole)
-    reasons, notes = [], []
-    halo = None
-    maps = [f.field if f is not None else None for f in row.factors]
-    global_module = None
-    if not row.known:
-        reasons.append(f"the field of '{row.name}' is unknown ({', '.join(row.unknown_ops + row.lost)})")
-    elif row.is_global:
-        node = facts.global_node
-        global_module = (node.module or "output") if node is not None else row.name
-        what = an.describe_op(node) if node is not None else f"'{row.name}'"
-        reasons.append(f"a global path: {what} makes every output unit depend on the whole input "
-                       f"(first global module: '{global_module}')")
-    elif facts.aperiodic_node is not None:
-        reasons.append(f"the field of {an.describe_op(facts.aperiodic_node)} is not periodic "
-                       "(a resize to a fixed size, a spatial concatenation, ...): tiles would not "
-                       "compute what the whole input computes")
     align = facts.align
-    if any(m is None or m.shift <= 0 or m.exact_units is not None for m in maps):
+    reasons, global_module = _refusals(row, facts)
+    maps = [f.field if f is not None else None for f in row.factors]
+    if not maps or any(m is None or m.shift <= 0 or m.exact_units is not None for m in maps):
+        maps = None
         if not reasons:
             reasons.append(f"the output of '{row.name}' does not move with the input")
-        maps = None
-    per_block = tuple(units_per_block(m, a) for m, a in zip(maps, align)) if maps else (0,) * n
+    per_block = tuple(units_per_block(m, a) for m, a in zip(maps, align)) if maps else ()
+    halo = source = box_mass = None
     if maps is not None and not reasons:
-        halo = tuple(halo_of(m, a) for m, a in zip(maps, align))
+        halo, source = tuple(halo_of(m, a) for m, a in zip(maps, align)), "trf"
         if facts.empty_node is not None:
             reasons.append(f"{an.describe_op(facts.empty_node)} makes units that read no input "
                            "pixel (a transposed convolution with kernel < stride); where tiles "
                            "cut through them is not bounded by the fields: use --check")
     exact = not reasons
-    source = "trf" if halo is not None else None
-    box_mass = None
     if erf is not None:
         if maps is None:
             raise RflensError(f"the output of '{row.name}' has no periodic field: no tiling plan, "
@@ -100,19 +80,60 @@ def plan(model: nn.Module, input_shape: Sequence[int], tile: int | Sequence[int]
         source, exact = "erf", False
         reasons.append(f"the halo holds {erf_mass:g} of the ERF mass, not the whole field")
     mins = an.min_sizes(model, (1, *shape), align)
+    n = len(shape) - 1
     useful = _useful(rf, maps, align, mins, n)
     unproductive = tuple(r.name for r in rf if r.exceeds_input and not r.is_global and r.known)
-    tile_size, axes = None, None
+    tile_size = axes = None
+    notes: list[str] = []
+    dims = an.output_dims(whole) if halo is not None else _dims_if_any(whole)
     if halo is not None:
-        tile_size, axes, more = _grid(model, ref, whole, tile, halo, align, per_block, mins, dims)
-        notes += more["notes"]
-        if more["reason"]:
-            reasons.append(more["reason"])
+        tile_size, axes, notes, why = _grid(model, ref, whole, tile, halo, align, per_block, mins,
+                                            dims)
+        if why:
+            reasons.append(why)
             exact = False
     return TilePlan(label, row.name, shape, whole.out.shape, dims, exact,
                     "; ".join(reasons) or None, global_module, halo, source, align, per_block, mins,
-                    useful, unproductive, tile_size, axes, tuple(notes), erf_mass if erf else None,
-                    box_mass)
+                    useful, unproductive, tile_size, axes, tuple(notes),
+                    erf_mass if erf is not None else None, box_mass)
+
+
+def _rows(model: nn.Module, shape: tuple[int, ...], layer: str | None, label: str):
+    """The TRF rows and the tiled layer (for a dict output, its first tensor: ``output[out]``)."""
+    ref = LayerRef.parse(layer, model)
+    x = torch.empty((1, *shape), dtype=an.model_dtype(model), device="meta")
+    rf = receptive_field(model, example_inputs=x, name=label)
+    if ref.name not in rf and not ref.key:
+        first = next((r.name for r in rf if r.name.startswith(ref.name + "[")), None)
+        if first is not None:
+            ref = LayerRef(ref.module, ref.call, first[len(ref.name):])
+    return rf, ref
+
+
+def _refusals(row, facts) -> tuple[list[str], str | None]:
+    """Why the output cannot be tiled exactly (unknown, global, not periodic) and the first
+    global module."""
+    if not row.known:
+        return [f"the field of '{row.name}' is unknown "
+                f"({', '.join(row.unknown_ops + row.lost)})"], None
+    if row.is_global:
+        node = facts.global_node
+        module = (node.module or "output") if node is not None else row.name
+        what = an.describe_op(node) if node is not None else f"'{row.name}'"
+        return [f"a global path: {what} makes every output unit depend on the whole input "
+                f"(first global module: '{module}')"], module
+    if facts.aperiodic_node is not None:
+        return [f"the field of {an.describe_op(facts.aperiodic_node)} is not periodic (a resize "
+                "to a fixed size, a spatial concatenation, ...): tiles would not compute what "
+                "the whole input computes"], None
+    return [], None
+
+
+def _dims_if_any(whole) -> tuple[int, ...]:
+    try:
+        return an.output_dims(whole)
+    except RflensError:  # e.g. a classifier's (B, classes): no plan is made anyway
+        return ()
 
 
 def _erf_halo(erf: Any, shape, per_block, align, mass: float):
@@ -132,7 +153,7 @@ def _useful(rf, maps, align, mins, n):
     largest = tuple(max((r.size[k] for r in rows if r.axes[k].jump > 0), default=1)
                     for k in range(n))
     if maps is None:
-        return (tuple(m or 1 for m in mins), largest)
+        return tuple(m or 1 for m in mins), largest
     smallest = tuple(max(smallest_clean_input(m, a), mn or 1) for m, a, mn in zip(maps, align, mins))
     return smallest, largest
 
@@ -155,14 +176,24 @@ def _grid(model, ref, whole, tile, halo, align, per_block, mins, dims):
             raise RflensError(f"tile {want} on axis {k} is too small: with halo {before}/{after} "
                               f"and tile offsets a multiple of {align[k]} a tile needs at least "
                               f"{smallest} pixels")
-        sizes.append(min(size, spatial[k]) if size >= smallest else spatial[k])
+        if size >= spatial[k] or size < smallest:
+            sizes.append(spatial[k])
+            continue
+        even = balanced_tile(spatial[k], size, before, after, align[k], smallest)
+        if even < size:
+            notes.append(f"tile {size} on axis {k} reduced to {even}: the smallest multiple of "
+                         f"{align[k]} that needs no more tiles "
+                         f"({count(spatial[k], size, before, after, align[k])})")
+        sizes.append(even)
+    if n > 1 and len(notes) == n and len({nt.replace(f" on axis {k}", "")
+                                          for k, nt in enumerate(notes)}) == 1:
+        notes = [notes[0].replace(" on axis 0", " on every axis")]
     axes = []
     for k in range(n):
         before, after = halo[k]
         axes.append(tuple(segments(spatial[k], whole.out.shape[dims[k]], sizes[k], before, after,
                                    align[k], per_block[k])))
-    reason = _verify(model, ref, whole, axes, dims)
-    return tuple(sizes), tuple(axes), {"notes": notes, "reason": reason}
+    return tuple(sizes), tuple(axes), notes, _verify(model, ref, whole, axes, dims)
 
 
 def _verify(model, ref, whole, axes, dims) -> str | None:

@@ -55,8 +55,9 @@ def run(model: nn.Module, x: torch.Tensor, plan: TilePlan, *, batch_size: int | 
     """Run ``model`` (up to ``plan.layer``) tile by tile on ``x`` (``(B, C, *spatial)`` or
     ``(C, *spatial)``, the plan's input shape) and stitch the kept units into one output shaped
     like the whole-input output. ``batch_size``: tiles per forward pass (default: as many as fit
-    in :data:`PASS_ELEMENTS` input elements, at least 1). ``progress``: a rich progress bar on
-    stderr (default: when stderr is a terminal and there are at least 16 tiles)."""
+    in :data:`PASS_ELEMENTS` input elements and in a quarter of ``x``, at least 1).
+    ``progress``: a rich progress bar on stderr (default: when stderr is a terminal and there
+    are at least 16 tiles)."""
     x, unbatched = _check_input(x, plan)
     batch = x.shape[0]
     ref = LayerRef.parse(plan.layer, model)
@@ -71,7 +72,8 @@ def run(model: nn.Module, x: torch.Tensor, plan: TilePlan, *, batch_size: int | 
     bar = _Progress(len(tiles), show)
     with eval_mode(model), torch.no_grad(), bar:
         for shape, members in groups.items():
-            per_pass = batch_size or max(1, PASS_ELEMENTS // (batch * x.shape[1] * _prod(shape)))
+            budget = min(PASS_ELEMENTS, x.numel() // 4)
+            per_pass = batch_size or max(1, budget // (batch * x.shape[1] * _prod(shape)))
             for i in range(0, len(members), per_pass):
                 chunk = members[i:i + per_pass]
                 xs = torch.cat([x[_slices(in_dims, t.window, x.dim())] for t in chunk]).to(device)
