@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
     np.save(args.save, y.numpy())
     print(json.dumps({"seconds": best, "cpu_seconds": best_cpu, "peak_bytes": int(peak), "plan_seconds": plan_s,
-                      "tiles": plan.n_tiles, "grid": list(plan.grid), "halo": plan.halo,
+                      "tiles": plan.n_tiles, "grid": list(plan.grid), "tile": list(plan.tile), "halo": plan.halo,
                       "multiple": list(plan.multiple), "overhead": plan.overhead,
                       "exact": plan.exact}))
 
@@ -120,7 +120,8 @@ def main() -> None:
     t, w = results["tiled"], results["whole"]
     print(f"U-Net (examples/unet.py, base {args.base}, {args.levels} levels) on 1×{args.size}×"
           f"{args.size}, float32, {args.device}, {args.threads} thread(s); {platform.processor() or platform.machine()}")
-    print(f"plan: halo {t['halo']}, multiple {t['multiple']}, tile {args.tile}, grid {t['grid']} = "
+    print(f"plan: halo {t['halo']}, multiple {t['multiple']}, tile {t['tile']} (asked {args.tile}), "
+          f"grid {t['grid']} = "
           f"{t['tiles']} tiles, overhead {100 * t['overhead']:.1f} %, exact {t['exact']}, "
           f"planned in {t['plan_seconds']:.2f} s")
     print(f"{'':8} {'wall time':>10} {'CPU time':>10} {'peak memory':>13}")

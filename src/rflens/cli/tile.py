@@ -85,14 +85,16 @@ def run(args: argparse.Namespace) -> int:
     if len(shape) < 2:
         raise RflensError(f"--input {args.input} has no spatial axis; give CxHxW, e.g. 3x512x512")
     size = parse_tile(args.tile)
+    plan = tile.plan(model, shape, size, layer=args.layer, name=name)
     erf = None
     if args.erf_halo is not None:
         import rflens
 
-        erf = rflens.effective_receptive_field(model, args.layer, shape, samples=args.samples,
+        # the plan's layer name is resolved (a dict output's first tensor: output[out])
+        erf = rflens.effective_receptive_field(model, plan.layer, shape, samples=args.samples,
                                                progress=not args.quiet, seed=args.seed)
-    plan = tile.plan(model, shape, size, layer=args.layer, erf=erf,
-                     erf_mass=args.erf_halo or 0.99, name=name)
+        plan = tile.plan(model, shape, size, layer=plan.layer, erf=erf, erf_mass=args.erf_halo,
+                         name=name)
     if (args.check or erf is not None) and plan.axes:
         if args.device:
             try:

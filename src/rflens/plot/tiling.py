@@ -88,8 +88,8 @@ def tile_plan(plan: Any, image: Any = None, *, axes: Sequence[int] = (0, 1),
 def _title(plan: Any) -> str:
     halo = "?" if plan.halo is None else " × ".join(f"{b}/{a}" for b, a in plan.halo)
     kind = "exact" if plan.exact else "not exact"
-    return text(f"{plan.model}: {shape_text(plan.grid)} tiles of {shape_text(plan.tile)}, "
-                f"halo {halo} ({kind}), offsets × {shape_text(plan.multiple)}")
+    return text(f"{plan.model}: {shape_text(plan.grid)} tiles of {shape_text(plan.tile)} px\n"
+                f"halo {halo} ({kind}), tile offsets multiples of {shape_text(plan.multiple)}")
 
 
 def _bars(plan: Any, title: str | None, ax: Any) -> Figure:

@@ -159,8 +159,10 @@ def _signature(t: Traced, node: Node) -> tuple:
     out = []
     for ref in node.outputs:
         field = t.analysis.fields.get(ref.id)
+        # axes pooled to one unit (shift 0: global pooling) hold the hull of the whole map
         out.append(None if field is None else
-                   tuple((f.axis, f.field) for f in _spatial_factors(field)))
+                   tuple((f.axis, f.field) for f in _spatial_factors(field)
+                         if f.field is None or f.field.shift != 0))
     return node.name, tuple(out)
 
 

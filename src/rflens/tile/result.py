@@ -185,7 +185,10 @@ class TilePlan:
                 ("halo", halo + src.get(self.halo_source or "", "")),
                 ("multiple", _x(self.multiple) + " (tile offsets and sizes)"),
                 ("min size", _x(self.min_size) + " (smallest input the model runs on)"),
-                ("useful input", f"{_x(self.useful_input[0])} .. {_x(self.useful_input[1])}")]
+                ("smallest useful", f"{_x(self.useful_input[0])} (the smallest input in which "
+                                    "some output unit sees no padding)"),
+                ("largest useful", f"{_x(self.useful_input[1])} (the largest field of any layer: "
+                                   "beyond it no unit sees the whole input)")]
         if self.unproductive:
             more = f" and {len(self.unproductive) - 1} more" if len(self.unproductive) > 1 else ""
             rows.append(("field > input", f"{self.unproductive[0]}{more}"))
