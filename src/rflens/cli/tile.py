@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--tile", metavar="T|HxW", default=None,
                    help="tile window in input pixels, one size for every axis or one per axis "
-                        "(rounded down to the alignment; default 512 per axis for 2-D, 128 for "
+                        "(rounded down to the alignment, then shrunk to the smallest size that "
+                        "needs no more tiles; default 512 per axis for 2-D, 128 for "
                         "3-D, 16384 for 1-D, at most the input)")
     p.add_argument("--layer", metavar="NAME", default=None,
                    help="tile the model up to this layer (a row name of 'rflens trf'; default "
