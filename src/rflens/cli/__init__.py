@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["trf", "erf", "report", "dense", "experiment"]
+SUBCOMMANDS = ["trf", "erf", "report", "dense", "tile", "experiment"]
 
 
 class _Parser(argparse.ArgumentParser):

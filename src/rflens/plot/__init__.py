@@ -13,7 +13,7 @@ vertically, top to bottom; axis 1 horizontally). Boxes drawn on images are clipp
 Artists tests and users may look for carry a ``gid``: ``"trf-box"`` (TRF rectangle),
 ``"erf-contour"``, ``"trf-size"`` / ``"trf-size-axis{k}"``, ``"erf-size"``, ``"input-size"``,
 ``"exceeds-input"``, ``"global"``, ``"unknown"``, ``"erf-marginal"``, ``"gaussian-fit"``,
-``"trf-bound"``, ``"count"``.
+``"trf-bound"``, ``"count"``, ``"tile-window"``, ``"tile-keep"``.
 """
 
 from rflens.plot.common import (BOX_COLOR, DPI, IMAGE_BOX_COLOR, RFFigure, clip_box, data_uri, save,
@@ -22,6 +22,7 @@ from rflens.plot.growth import growth
 from rflens.plot.maps import erf_map, erf_profiles
 from rflens.plot.overlay import overlay
 from rflens.plot.paths import path_counts
+from rflens.plot.tiling import tile_plan
 
-__all__ = ["erf_map", "erf_profiles", "growth", "overlay", "path_counts", "save", "to_png",
+__all__ = ["erf_map", "erf_profiles", "growth", "overlay", "path_counts", "tile_plan", "save", "to_png",
            "data_uri", "RFFigure", "DPI", "BOX_COLOR", "IMAGE_BOX_COLOR", "clip_box"]
