@@ -27,7 +27,7 @@ def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = 
     any op has no rule. The model is not modified (it runs on meta copies of its weights, in eval
     mode; its train/eval flags are restored).
     """
-    inputs = _inputs(input_shape, example_inputs)
+    inputs = _inputs(model, input_shape, example_inputs)
     first = next(t for t in inputs if isinstance(t, torch.Tensor))
     n_spatial = first.dim() - 2
     if n_spatial < 1:
@@ -61,7 +61,7 @@ def trace(model: torch.nn.Module, inputs: tuple, n_spatial: int) -> tuple[Captur
             gc.enable()
 
 
-def _inputs(input_shape, example_inputs) -> tuple:
+def _inputs(model: torch.nn.Module, input_shape, example_inputs) -> tuple:
     if (input_shape is None) == (example_inputs is None):
         raise RflensError("give exactly one of input_shape=(C, H, W) or example_inputs=")
     if example_inputs is not None:
@@ -75,7 +75,9 @@ def _inputs(input_shape, example_inputs) -> tuple:
     if len(shape) < 2 or any(s <= 0 for s in shape):
         raise RflensError(f"input shape {shape} must be (channels, *spatial) with positive sizes, "
                           "e.g. (3, 224, 224)")
-    return (torch.empty((1, *shape), device="meta"),)
+    # the model's own floating dtype (a float64 or bfloat16 model rejects a float32 input)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return (torch.empty((1, *shape), dtype=dtype, device="meta"),)
 
 
 def _axis_fields(field: TensorField, n_spatial: int):

@@ -186,13 +186,15 @@ class _Stop(Exception):
 def select_output(output: Any, ref: LayerRef) -> torch.Tensor:
     """The tensor of a module's output that ``ref.key`` names (the first tensor when no key)."""
     items = output_items(output)
-    for suffix, t in items:
-        if suffix == ref.key or (not ref.key and suffix == ""):
-            return t
     if not items:
         raise RflensError(f"layer '{ref.name}' returns a {type(output).__name__} without tensors; "
                           "pick a layer that outputs a feature map")
-    keys = ", ".join(ref.name.split("[")[0] + (s or "") for s, _ in items)
+    if not ref.key:
+        return items[0][1]  # the first (or only) tensor, as the row without a key shows
+    for suffix, t in items:
+        if suffix == ref.key:
+            return t
+    keys = ", ".join(ref.name.split("[")[0] + s for s, _ in items)
     raise RflensError(f"layer '{ref.name}' has no output {ref.key}; its outputs are {keys}")
 
 
