@@ -51,6 +51,10 @@ def load_model(spec: str) -> tuple[nn.Module, dict]:
         raise RflensError(f"empty MODEL; give one of {_MODEL_FORMS}")
     if Path(text).suffix.lower() in SPEC_SUFFIXES:
         return _load_spec_file(text)
+    if Path(text).suffix.lower() == ".onnx":
+        from rflens.sources.onnx import load_onnx
+
+        return load_onnx(text)
     prefix, _, rest = text.partition(":")
     if prefix.lower() == "torchvision":
         return _load_torchvision(rest.strip())
