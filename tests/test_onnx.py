@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -131,3 +132,211 @@ def test_exported_rows_match_the_pytorch_original(exported):
             assert _same_field(onnx_rf[row], torch_rf[name]), (
                 f"{row} vs {name}: {onnx_rf[row]} != {torch_rf[name]}")
     assert compared_convs >= 3 and mapped >= 5, (mapped, len(rows))
+
+
+# --- graphs built with onnx.helper, checked against onnxruntime's difference probe -------------
+
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from rflens.sources.onnx_probe import hull_of, probe_hulls  # noqa: E402
+
+
+def make_model(nodes, in_shape, inits=(), opset=17, out="y"):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *in_shape])
+    y = helper.make_tensor_value_info(out, TensorProto.FLOAT, [f"d{i}" for i in range(len(in_shape) + 1)])
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def weight(name, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+
+def ints(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def floats(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.float32), name)
+
+
+def check_against_onnxruntime(model, in_shape, tmp_path, name="m"):
+    """Every unit's clipped rflens box equals onnxruntime's difference-probe hull, and the converted
+    module computes the values onnxruntime computes."""
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    net, meta = load_model(str(path))
+    assert meta["input_shape"] == tuple(in_shape)
+    rf = rflens.receptive_field(net, in_shape)
+    assert not rf.unsupported_ops and not any("meta" in w for w in rf.warnings), rf.warnings
+    layer = rf["output"]
+    hulls = probe_hulls(str(path), ["y"], in_shape)["y"]
+    assert tuple(layer.shape[2:]) == hulls.shape[:-2]
+    wrong = [(u, layer.box(u, clip=True), hull_of(hulls, u)) for u in np.ndindex(*hulls.shape[:-2])
+             if layer.box(u, clip=True) != hull_of(hulls, u)]
+    assert not wrong, f"{len(wrong)} unit(s) differ, e.g. (unit, rflens, onnxruntime) {wrong[:3]}"
+    x = np.random.default_rng(5).standard_normal((1, *in_shape)).astype(np.float32)
+    with torch.no_grad():
+        ours = net(torch.from_numpy(x)).numpy()
+    theirs = run_values(str(path), x, ["y"])["y"]
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+    return rf
+
+
+WINDOW_CASES = {
+    # name: (op, attributes, input shape (C, *spatial), kernel)
+    "conv-same_upper-stride2-even-kernel": ("Conv", {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (2, 9, 10), (4, 4)),
+    "conv-same_lower-stride2-even-kernel": ("Conv", {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (2, 9, 10), (4, 4)),
+    "conv-same_upper-stride1-even-kernel": ("Conv", {"auto_pad": "SAME_UPPER"}, (2, 8, 7), (2, 4)),
+    "conv-same_lower-stride1": ("Conv", {"auto_pad": "SAME_LOWER"}, (2, 7, 8), (2, 3)),
+    "conv-same_upper-stride3-1d": ("Conv", {"auto_pad": "SAME_UPPER", "strides": [3]}, (2, 17), (4,)),
+    "conv-asymmetric-pads": ("Conv", {"pads": [2, 0, 1, 3], "strides": [2, 1]}, (2, 9, 8), (3, 3)),
+    "conv-valid": ("Conv", {"auto_pad": "VALID", "strides": [2, 2]}, (2, 9, 8), (3, 2)),
+    "conv-symmetric-pads-groups": ("Conv", {"pads": [1, 2, 1, 2], "group": 2}, (2, 7, 8), (3, 5)),
+    "maxpool-same_upper-stride2": ("MaxPool", {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (2, 9, 10), (2, 3)),
+    "maxpool-same_lower-stride2": ("MaxPool", {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (2, 9, 10), (2, 3)),
+    "maxpool-asymmetric-pads": ("MaxPool", {"pads": [0, 2, 1, 0], "strides": [2, 2]}, (2, 9, 10), (3, 3)),
+    "avgpool-same_upper-exclude-pad": ("AveragePool", {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (2, 9, 10), (3, 2)),
+    "avgpool-asymmetric-include-pad": ("AveragePool", {"pads": [1, 0, 0, 1], "count_include_pad": 1}, (2, 8, 9), (2, 2)),
+    "avgpool-asymmetric-exclude-pad": ("AveragePool", {"pads": [1, 0, 0, 1], "strides": [2, 1]}, (2, 8, 9), (2, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WINDOW_CASES))
+def test_window_padding_matches_onnxruntime(case, tmp_path):
+    op, attrs, in_shape, kernel = WINDOW_CASES[case]
+    inputs, inits = ["x"], []
+    if op == "Conv":
+        groups = attrs.get("group", 1)
+        inits = [weight("w", (3 * groups, in_shape[0] // groups, *kernel)), weight("b", (3 * groups,), 1)]
+        inputs += ["w", "b"]
+    else:
+        attrs = {**attrs, "kernel_shape": list(kernel)}
+    node = helper.make_node(op, inputs, ["y"], name=f"the_{op}", **attrs)
+    check_against_onnxruntime(make_model([node], in_shape, inits), in_shape, tmp_path)
+
+
+CONV_T_CASES = {
+    "output_padding": ({"strides": [2, 3], "output_padding": [1, 2], "pads": [1, 1, 1, 1]}, (3, 3)),
+    "asymmetric-pads": ({"strides": [2, 2], "pads": [0, 1, 2, 0]}, (3, 4)),
+    "output_shape": ({"strides": [2, 2], "output_shape": [12, 11]}, (3, 3)),
+    "same_upper": ({"strides": [2, 2], "auto_pad": "SAME_UPPER"}, (3, 4)),
+    "same_lower": ({"strides": [2, 2], "auto_pad": "SAME_LOWER"}, (3, 4)),
+    "dilated-1d": ({"strides": [3], "dilations": [2], "pads": [2, 0], "output_padding": [1]}, (3,)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_T_CASES))
+def test_conv_transpose_geometry_matches_onnxruntime(case, tmp_path):
+    attrs, kernel = CONV_T_CASES[case]
+    in_shape = (2, 5, 6)[: 1 + len(kernel)]
+    inits = [weight("w", (2, 3, *kernel)), weight("b", (3,), 1)]
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="up", **attrs)
+    check_against_onnxruntime(make_model([node], in_shape, inits), in_shape, tmp_path)
+
+
+COORDINATES = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+               "tf_crop_and_resize"]
+SAMPLING = ["nearest-round_prefer_floor", "nearest-round_prefer_ceil", "nearest-floor", "nearest-ceil",
+            "linear", "cubic"]
+# (scales or None, sizes or None) per variant: up/down, integer and odd ratios
+TARGETS = [([1, 1, 2.0, 3.0], None), (None, [1, 2, 5, 13]), ([1, 1, 0.5, 1.5], None),
+           (None, [1, 2, 11, 4]), (None, [1, 2, 2, 17])]
+# one output row: pytorch_half_pixel and align_corners read source row 0 (see also the test below)
+ONE_ROW = (None, [1, 2, 1, 17])
+
+
+def resize_model(coordinates, sampling, target, in_shape=(2, 7, 9), opset=17):
+    mode, _, nearest = sampling.partition("-")
+    scales, sizes = target
+    inits = [floats("roi", [0, 0, 0.1, 0.2, 1, 1, 0.9, 0.7] if coordinates == "tf_crop_and_resize" else [])]
+    inputs = ["x", "roi"]
+    if scales is not None:
+        inits.append(floats("scales", scales))
+        inputs.append("scales")
+    else:
+        inits.append(ints("sizes", sizes))
+        inputs += ["", "sizes"]
+    attrs = {"mode": mode, "coordinate_transformation_mode": coordinates}
+    if nearest:
+        attrs["nearest_mode"] = nearest
+    if coordinates == "tf_crop_and_resize":
+        attrs["extrapolation_value"] = 0.25
+    node = helper.make_node("Resize", inputs, ["y"], name="the_resize", **attrs)
+    return make_model([node], in_shape, inits, opset=opset)
+
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+@pytest.mark.parametrize("coordinates", COORDINATES)
+def test_resize_matches_onnxruntime(coordinates, sampling, tmp_path):
+    exact_cubic = coordinates in ("half_pixel", "pytorch_half_pixel", "align_corners")
+    targets = TARGETS if sampling != "cubic" or exact_cubic else TARGETS[:1]
+    if coordinates in ("pytorch_half_pixel", "align_corners"):
+        targets = targets + [ONE_ROW]
+    for k, target in enumerate(targets):
+        model = resize_model(coordinates, sampling, target)
+        if sampling == "cubic" and not exact_cubic:
+            path = tmp_path / "cubic.onnx"
+            onnx.save(model, str(path))
+            net, _ = load_model(str(path))
+            with pytest.raises(RflensError, match="the_resize.*cubic.*coordinate_transformation_mode"):
+                rflens.receptive_field(net, (2, 7, 9))
+            continue
+        if coordinates == "tf_crop_and_resize" and target[0] is not None and sampling != "linear":
+            continue  # onnxruntime sizes the output from roi and scales differently from the spec
+        check_against_onnxruntime(model, (2, 7, 9), tmp_path, name=f"r{k}")
+
+
+@pytest.mark.parametrize("sampling", ["linear", "nearest-floor"])
+def test_resize_follows_the_exact_coordinates_where_onnxruntime_rounds(sampling, tmp_path):
+    """7 rows resized to 1 with half_pixel: the source row is (0 + 1/2) * 7 - 1/2 = 3 exactly, so
+    linear reads row 3 alone and floor gives 3 (PyTorch's bilinear agrees). onnxruntime divides by
+    the float32 scale 1/7 and gets 2.9999998: a 2e-7 weight on row 2, and floor 2. rflens follows
+    the specification's exact arithmetic (documented in rflens.sources.onnx_resize)."""
+    path = tmp_path / "one.onnx"
+    onnx.save(resize_model("half_pixel", sampling, ONE_ROW), str(path))
+    net, _ = load_model(str(path))
+    rf = rflens.receptive_field(net, (2, 7, 9))
+    assert rf.box("output", (0, 0), clip=True)[0] == (3, 3)
+    hull = hull_of(probe_hulls(str(path), ["y"], (2, 7, 9))["y"], (0, 0))
+    assert hull[0] == ((2, 3) if sampling == "linear" else (2, 2))  # the runtime's rounding
+    x = torch.randn(1, 2, 7, 9, requires_grad=True)
+    torch.nn.functional.interpolate(x, size=(1, 17), mode="bilinear")[0, :, 0, 0].sum().backward()
+    assert torch.nonzero(x.grad[0].abs().sum(dim=(0, 2))).flatten().tolist() == [3]
+
+
+def test_resize_on_1d_and_3d_inputs(tmp_path):
+    for coords, mode in (("asymmetric", "linear"), ("half_pixel", "nearest"), ("align_corners", "linear")):
+        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="r1",
+                                coordinate_transformation_mode=coords, mode=mode)
+        model = make_model([node], (2, 11), [ints("sizes", [1, 2, 25])])
+        check_against_onnxruntime(model, (2, 11), tmp_path, name=f"1d-{coords}-{mode}")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="r3",
+                            coordinate_transformation_mode="asymmetric", mode="nearest",
+                            nearest_mode="floor")
+    model = make_model([node], (1, 3, 4, 5), [floats("scales", [1, 1, 2, 1, 1.5])])
+    check_against_onnxruntime(model, (1, 3, 4, 5), tmp_path, name="3d")
+
+
+@pytest.mark.parametrize("opset, mode", [(7, "linear"), (9, "nearest"), (10, "nearest")])
+def test_old_opset_upsample_is_upgraded(opset, mode, tmp_path):
+    """Upsample (opsets 7-9) and Resize-10 read x / scale (asymmetric), nearest rounding down when
+    upsampling and up when downsampling (onnxruntime); version_converter's Resize-11 forgets both."""
+    if opset == 7:
+        node = helper.make_node("Upsample", ["x"], ["y"], mode=mode, scales=[1.0, 1.0, 2.0, 3.0])
+        inits = []
+    else:
+        node = helper.make_node("Upsample" if opset == 9 else "Resize", ["x", "s"], ["y"], mode=mode)
+        inits = [floats("s", [1, 1, 3, 2] if opset == 9 else [1, 1, 0.4, 0.6])]
+    model = make_model([node], (2, 5, 6), inits, opset=opset)
+    if opset == 10:
+        check_against_onnxruntime(model, (2, 5, 6), tmp_path)
+        return
+    rf = check_against_onnxruntime(model, (2, 5, 6), tmp_path)
+    scales = (2, 3) if opset == 7 else (3, 2)
+    assert rf["output"].jump == tuple(Fraction(1, s) for s in scales)

@@ -109,7 +109,16 @@ class Padded(nn.Module):
         if "pad" in self._modules:
             x = self.pad(x)
         y = self.op(x)
-        return F.pad(y, list(self.after)) if self.after is not None else y
+        return pad_output(y, list(self.after), getattr(self.op, "bias", None)) if self.after else y
+
+
+def pad_output(y: torch.Tensor, pads: list[int], bias: torch.Tensor | None) -> torch.Tensor:
+    """Crop (negative) or extend (positive) a transposed convolution's output; extended units
+    receive no input, so they hold the bias alone, as in ONNX."""
+    if bias is None or all(p <= 0 for p in pads):
+        return F.pad(y, pads)
+    b = bias.reshape((1, -1) + (1,) * (y.dim() - 2))
+    return F.pad(y - b, pads) + b
 
 
 class AvgPoolExcludingPad(nn.Module):
@@ -218,7 +227,7 @@ def convert_conv_transpose(node: Any, graph: Any) -> tuple[nn.Module, tuple[str,
     spans = [dilation[k] * (kernel[k] - 1) + 1 for k in range(n)]
     if out_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         module = ConvTransposeToShape(conv, spans, stride, out_pad, out_shape[-n:] if out_shape else None,
-                                      auto_pad == "SAME_LOWER")
+                                      auto_pad == "SAME_UPPER")
         return module, (node.input_values[0],)
     if auto_pad not in ("NOTSET", "", "VALID"):
         raise ConversionError(f"auto_pad '{auto_pad}' is not an ONNX padding mode")
@@ -234,19 +243,21 @@ def convert_conv_transpose(node: Any, graph: Any) -> tuple[nn.Module, tuple[str,
 
 class ConvTransposeToShape(nn.Module):
     """ONNX ConvTranspose with ``output_shape`` or ``auto_pad`` SAME: the unpadded transposed
-    convolution (full output ``stride*(in-1) + span``), then per axis the ONNX split of
+    convolution (``full = stride*(in-1) + span`` units per axis), then the ONNX split of
     ``total = full + output_padding - out`` between start and end (``out``: ``output_shape``, or
-    ``in*stride`` for SAME; the larger half at the end unless SAME_LOWER)."""
+    ``in*stride`` for SAME; the larger half at the start unless SAME_UPPER). A negative total (an
+    output larger than the full one) is 0, and the output is extended at the end, as onnxruntime
+    does."""
 
     def __init__(self, op: nn.Module, spans: Sequence[int], stride: Sequence[int],
                  output_padding: Sequence[int], output_shape: Sequence[int] | None,
-                 lower: bool) -> None:
+                 upper: bool) -> None:
         super().__init__()
         self.op = op
         self.spans, self.stride = tuple(spans), tuple(stride)
         self.output_padding = tuple(output_padding)
         self.output_shape = tuple(output_shape) if output_shape else None
-        self.lower = lower
+        self.upper = upper
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.spans)
@@ -254,12 +265,13 @@ class ConvTransposeToShape(nn.Module):
         for k in range(n):
             size = x.shape[-n + k]
             out = self.output_shape[k] if self.output_shape else size * self.stride[k]
-            total = self.stride[k] * (size - 1) + self.output_padding[k] + self.spans[k] - out
+            full = self.stride[k] * (size - 1) + self.spans[k]
+            total = max(0, full + self.output_padding[k] - out)
             small = total // 2
-            b, e = (total - small, small) if self.lower else (small, total - small)
+            b, e = (small, total - small) if self.upper else (total - small, small)
             begins.append(-b)
-            ends.append(self.output_padding[k] - e)
-        return F.pad(self.op(x), to_f_pad(begins, ends))
+            ends.append(out - (full - b))  # the end crop (negative) or extension (positive)
+        return pad_output(self.op(x), to_f_pad(begins, ends), self.op.bias)
 
 
 def convert_pool(node: Any, graph: Any) -> tuple[nn.Module, tuple[str, ...]]:

@@ -8,8 +8,14 @@ that hyperplane when its output changes at all (any channel, exact float compari
 along the axis runs from the first to the last such ``i``. Each run has batch 1, onnxruntime
 runs single-threaded with graph optimisations off, so a unit that does not depend on the changed
 pixels is recomputed bit for bit. ``rounds`` independent perturbations are OR-ed, which makes a
-missed dependency (a change cancelled inside the network) improbable. Used by ``rflens trf
---verify`` on ONNX models and by the tests.
+missed dependency (a change cancelled inside the network) improbable.
+
+A difference shows only where the network passes it on: a max pool ignores a changed pixel that
+stays below the window's maximum, a ReLU one that stays negative. As the gradient-support probe
+does for PyTorch models, :func:`linearize` therefore replaces (in a copy of the graph, names
+kept) activations with flat or saturating parts by the identity, max-type pooling by averaging
+over the same windows, ``Max``/``Min`` of tensors by their sum. The graph's geometry (which units
+read which) is unchanged. Used by ``rflens trf --verify`` on ONNX models and by the tests.
 """
 
 from __future__ import annotations
@@ -22,7 +28,41 @@ import numpy as np
 from rflens.errors import RflensError
 
 
-def _session(path: str, values: Sequence[str]):
+_TO_IDENTITY = {"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
+                "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Gelu", "ThresholdedRelu", "Clip",
+                "Sign", "Floor", "Ceil", "Round", "Shrink"}
+_TO_AVERAGE = {"GlobalMaxPool": "GlobalAveragePool", "ReduceMax": "ReduceMean", "ReduceMin": "ReduceMean",
+               "Max": "Sum", "Min": "Sum"}
+
+
+def linearize(model) -> None:
+    """Make every dependency of ``model`` (an ``onnx.ModelProto``, changed in place) show as a
+    difference: see the module docstring. Node and value names are kept."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in _TO_IDENTITY:
+            first = node.input[0]
+            del node.input[:]
+            node.input.append(first)
+            del node.attribute[:]
+            node.op_type = "Identity"
+        elif node.op_type in _TO_AVERAGE:
+            node.op_type = _TO_AVERAGE[node.op_type]
+        elif node.op_type == "MaxPool" and len([o for o in node.output if o]) == 1:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if any(d != 1 for d in attrs.get("dilations", [])):
+                continue  # average pooling has no dilations before opset 19: keep the max
+            kept = [a for a in node.attribute if a.name not in ("storage_order", "dilations")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(helper.make_attribute("count_include_pad", 1))
+            node.op_type = "AveragePool"
+
+
+def _session(path: str, values: Sequence[str], linear: bool = False):
     try:
         import onnx
         import onnxruntime as ort
@@ -38,6 +78,8 @@ def _session(path: str, values: Sequence[str]):
         if name not in present:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
+    if linear:
+        linearize(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
@@ -81,7 +123,7 @@ def probe_hulls(path: str, values: Sequence[str], input_shape: Sequence[int], ro
     shape = tuple(int(s) for s in input_shape)
     n = len(shape) - 1
     values = available(path, values)
-    session = _session(path, values)
+    session = _session(path, values, linear=True)
     feed = _input_name(session)
     rng = np.random.default_rng(seed)
     base_x = rng.standard_normal((1, *shape)).astype(np.float32)

@@ -93,8 +93,7 @@ def _nearest_map(p: int, c: int, q: int, n_in: int, n_out: int) -> list[int]:
     return [min(max((p * o + c) // q, 0), n_in - 1) for o in range(n_out)]
 
 
-def _torch_nearest_map(n_in: int, n_out: int, exact: bool) -> list[int]:
-    r = Fraction(n_in, n_out)
+def _torch_nearest_map(n_in: int, n_out: int, r: Fraction, exact: bool) -> list[int]:
     return [min(math.floor((o + Fraction(1, 2)) * r) if exact else math.floor(o * r), n_in - 1)
             for o in range(n_out)]
 
@@ -196,7 +195,7 @@ class Resize(nn.Module):
         axes = self._axes(x, scales, sizes, roi)
         if all(a is None for a in axes):
             return x
-        native = self._native(x, axes, n)
+        native = self._native(x, axes, n, scales if not sizes else None)
         if native is not None:
             return native
         for k, axis in enumerate(axes):
@@ -231,39 +230,57 @@ class Resize(nn.Module):
             out.append(None if identity else (outs[k], a, b, d))
         return out
 
-    def _native(self, x: torch.Tensor, axes: list, n: int) -> torch.Tensor | None:
-        """One ``F.interpolate`` call when it computes exactly the ONNX map on every axis."""
+    def _native(self, x: torch.Tensor, axes: list, n: int, scales) -> torch.Tensor | None:
+        """One ``F.interpolate`` call when it computes exactly the ONNX map on every axis: with
+        ``size`` (PyTorch's ratio ``in/out``) or, for ONNX scales, ``scale_factor`` (ratio
+        ``1/scale``, taken as ``Fraction(1/scale).limit_denominator(10**6)`` like rflens' rule)."""
         shape = x.shape[2:]
         outs = [shape[k] if axes[k] is None else axes[k][0] for k in range(n)]
-        if self.mode == "nearest":
-            wanted = [None if axes[k] is None else
-                      _nearest_map(*nearest_index(*axes[k][1:], self.nearest), shape[k], outs[k])
-                      for k in range(n)]
-            for torch_mode, exact in (("nearest", False), ("nearest-exact", True)):
-                if all(w is None or w == _torch_nearest_map(shape[k], outs[k], exact)
-                       for k, w in enumerate(wanted)):
-                    return F.interpolate(x, size=outs, mode=torch_mode)
-            return None
-        if self.mode == "cubic" and n != 2:
-            return None
-        for align, like in ((False, "half_pixel"), (True, "align_corners")):
-            if all(axes[k] is None or axes[k][1:] == source_coordinate(
-                    like, shape[k], outs[k], Fraction(outs[k], shape[k]), None) for k in range(n)):
-                kind = "bicubic" if self.mode == "cubic" else _LINEAR[n]
-                return F.interpolate(x, size=outs, mode=kind, align_corners=align)
+        calls = [({"size": outs}, [Fraction(shape[k], outs[k]) for k in range(n)])]
+        if scales is not None:
+            factors = [float(np.float32(v)) for v in scales[2:]]
+            ratios = [Fraction(1.0 / f).limit_denominator(10**6) for f in factors]
+            if all(r == 1 / _fraction(f) for r, f in zip(ratios, factors)):
+                calls.append(({"scale_factor": factors, "recompute_scale_factor": False}, ratios))
+        for kwargs, ratios in calls:
+            if self.mode == "nearest":
+                wanted = [None if axes[k] is None else
+                          _nearest_map(*nearest_index(*axes[k][1:], self.nearest), shape[k], outs[k])
+                          for k in range(n)]
+                for torch_mode, exact in (("nearest", False), ("nearest-exact", True)):
+                    if all(w is None or w == _torch_nearest_map(shape[k], outs[k], ratios[k], exact)
+                           for k, w in enumerate(wanted)):
+                        return F.interpolate(x, mode=torch_mode, **kwargs)
+                continue
+            if self.mode == "cubic" and n != 2:
+                return None
+            for align, like in ((False, "half_pixel"), (True, "align_corners")):
+                if all(axes[k] is None or axes[k][1:] == source_coordinate(
+                        like, shape[k], outs[k], 1 / ratios[k], None) for k in range(n)):
+                    kind = "bicubic" if self.mode == "cubic" else _LINEAR[n]
+                    return F.interpolate(x, mode=kind, align_corners=align, **kwargs)
         return None
 
     def _one_axis(self, x: torch.Tensor, dim: int, n_out: int, a: int, b: int, d: int) -> torch.Tensor:
         if self.mode == "nearest":
             p, c, q = nearest_index(a, b, d, self.nearest)
             return nearest_axis(x, dim, p, c, q, n_out)
+        n_in = x.shape[dim]
+        for align, like in ((False, "half_pixel"), (True, "align_corners")):
+            if (a, b, d) == source_coordinate(like, n_in, n_out, Fraction(n_out, n_in), None):
+                if self.mode == "linear":
+                    return _resize_axis(x, dim, n_out, _LINEAR[x.dim() - 2], align)
+                if x.dim() == 4:
+                    return _resize_axis(x, dim, n_out, "bicubic", align)
+                if x.dim() == 3:  # 1-D: bicubic over a dummy axis of one unit
+                    return _resize_axis(x.unsqueeze(2), 3, n_out, "bicubic", align).squeeze(2)
         if self.mode == "linear":
             outside = self.extrapolation if self.coordinates == "tf_crop_and_resize" else None
             return linear_axis(x, dim, a, b, d, n_out, outside)
         raise ValueError(f"Resize node {self.where}: cubic interpolation with "
                          f"coordinate_transformation_mode={self.coordinates} on {x.dim() - 2}-D input "
                          "has no exact PyTorch counterpart; rflens converts cubic with half_pixel, "
-                         "pytorch_half_pixel or align_corners on 2-D input")
+                         "pytorch_half_pixel or align_corners on 1-D and 2-D input")
 
 
 def convert_resize(node: Any, graph: Any) -> tuple[nn.Module, tuple[str, ...]]:
