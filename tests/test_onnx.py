@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from fractions import Fraction
 
@@ -340,3 +341,177 @@ def test_old_opset_upsample_is_upgraded(opset, mode, tmp_path):
     rf = check_against_onnxruntime(model, (2, 5, 6), tmp_path)
     scales = (2, 3) if opset == 7 else (3, 2)
     assert rf["output"].jump == tuple(Fraction(1, s) for s in scales)
+
+
+# --- the CLI, input shapes and bad input ---------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from rflens.cli import main  # noqa: E402
+
+
+def conv_chain(in_dims=(2, 12, 12), name="net"):
+    """Conv (SAME_UPPER, stride 2) -> Relu -> MaxPool, input dims as given (str = dynamic)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *in_dims])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="stem/conv.0", auto_pad="SAME_UPPER",
+                              strides=[2, 2]),
+             helper.make_node("Relu", ["a"], ["b"], name="stem/relu"),
+             helper.make_node("MaxPool", ["b"], ["y"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, name, [x], [y], initializer=[weight("w", (4, 2, 3, 3))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def error_line(capfd, *argv) -> str:
+    code = main(list(argv))
+    out, err = capfd.readouterr()
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rflens: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_rows_are_named_after_the_onnx_nodes(tmp_path, capfd):
+    path = tmp_path / "chain.onnx"
+    onnx.save(conv_chain(), str(path))
+    net, meta = rflens.load_model(str(path))
+    assert meta["input_shape"] == (2, 12, 12) and meta["source"] == "onnx"
+    assert "initializers" in meta["weights"]
+    rf = rflens.receptive_field(net, meta["input_shape"])
+    # one row per node; rows with a dot are the parts of one node's conversion (SAME padding)
+    assert [n for n in rf.names if "." not in n] == ["stem/conv_0", "stem/relu", "pool", "output"]
+    assert rf["stem/conv_0.op"].op == "Conv2d" and rf["stem/conv_0.pad"].op == "SamePad"
+    assert net.rflens_onnx.rows["stem/conv_0"] == ("stem/conv.0", "Conv", ("a",))
+    assert net.rflens_onnx.value_of("pool") == "y" and net.rflens_onnx.value_of("output") == "y"
+    # conv 3, stride 2, SAME_UPPER on 12: total padding 1, at the end; then a 3x3 max pool
+    assert rf["stem/conv_0"].size == (3, 3) and rf["stem/conv_0"].padding == (0, 0)
+    assert rf["pool"].size == (7, 7) and rf["pool"].jump == (2, 2) and rf["pool"].padding == (2, 2)
+    assert main(["trf", str(path), "--format", "csv"]) == 0
+    out = capfd.readouterr().out
+    assert "stem/conv_0,Padded,1x4x6x6,3,3,2,2,0,0,1,1," in out, out
+    assert main(["trf", str(path), "--verify", "--format", "json"]) == 0
+    assert "all agree" in capfd.readouterr().err
+
+
+def test_verify_reports_a_disagreement(tmp_path, capfd, monkeypatch):
+    """--verify compares with onnxruntime, not with the conversion: a wrong conversion fails."""
+    from rflens.sources import onnx_ops
+
+    path = tmp_path / "chain.onnx"
+    onnx.save(conv_chain(), str(path))
+    monkeypatch.setattr(onnx_ops, "same_pads", lambda size, k, s, d, upper: (1, 0))  # SAME_LOWER
+    line = error_line(capfd, "trf", str(path), "--verify")
+    assert "disagree with onnxruntime" in line and "stem/conv_0 unit" in line
+
+
+def test_dynamic_axes_need_input_and_static_ones_must_match(tmp_path, capfd):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(conv_chain((2, "height", 12)), str(path))
+    net, meta = load_model(str(path))
+    assert meta["input_shape"] is None and meta["input_dims"] == (2, None, 12)
+    line = error_line(capfd, "trf", str(path))
+    assert "dynamic sizes (2x?x12" in line and "--input 2x224x12" in line
+    assert main(["trf", str(path), "--input", "2x20x12", "--format", "json"]) == 0
+    assert '"shape": [\n      1,\n      2,\n      20,\n      12' in capfd.readouterr().out
+    line = error_line(capfd, "trf", str(path), "--input", "2x20x13")
+    assert "2x?x12" in line and "2x20x13" in line
+    with pytest.raises(RflensError, match="takes inputs of shape 2x\\?x12"):
+        rflens.receptive_field(net, (2, 20, 16))
+    rf = rflens.receptive_field(net, (2, 20, 12))  # library use: any size on the dynamic axis
+    assert rf["pool"].grid == (10, 6)
+
+
+def test_any_batch_size_runs(tmp_path):
+    path = tmp_path / "chain.onnx"
+    onnx.save(conv_chain(), str(path))
+    net, _ = load_model(str(path))
+    x = np.random.default_rng(0).standard_normal((3, 2, 12, 12)).astype(np.float32)
+    with torch.no_grad():
+        ours = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours[1:2], run_values(str(path), x[1:2], ["y"])["y"], rtol=1e-5, atol=1e-6)
+
+
+def unsupported(kind):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])
+    if kind == "op":
+        node = helper.make_node("LpPool", ["x"], ["y"], name="lp_node", kernel_shape=[2, 2])
+        opsets = [helper.make_opsetid("", 17)]
+    elif kind == "domain":
+        node = helper.make_node("FusedConv", ["x"], ["y"], name="fused", domain="com.microsoft")
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    else:  # an opset-8 op without a form in later opsets
+        node = helper.make_node("ImageScaler", ["x"], ["y"], name="scaler", scale=2.0)
+        opsets = [helper.make_opsetid("", 8)]
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=opsets)
+    model.ir_version = 8 if kind != "opset" else 4
+    return model
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("op", ["LpPool", "lp_node", "no PyTorch conversion"]),
+    ("domain", ["FusedConv", "fused", "com.microsoft"]),
+    ("opset", ["ImageScaler", "scaler", "opset 8", "cannot be upgraded"]),
+])
+def test_unconvertible_graphs_name_the_op_and_node(kind, words, tmp_path, capfd):
+    path = tmp_path / f"{kind}.onnx"
+    onnx.save(unsupported(kind), str(path))
+    line = error_line(capfd, "trf", str(path))
+    for word in words:
+        assert word in line, line
+
+
+def test_bad_files_give_one_line(tmp_path, capfd):
+    good = tmp_path / "good.onnx"
+    onnx.save(conv_chain(), str(good))
+    cases = {"missing.onnx": None, "text.onnx": b"this is not a model\n",
+             "noise.onnx": np.random.default_rng(0).bytes(300),
+             "truncated.onnx": good.read_bytes()[: good.stat().st_size // 2]}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        line = error_line(capfd, "trf", str(path))
+        assert name in line, line
+        assert ("not found" in line) if content is None else ("ONNX" in line), line
+
+
+def test_two_graph_inputs_are_refused(tmp_path):
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 2, 6, 6])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])
+    model = helper.make_model(helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    with pytest.raises(RflensError, match="2 graph inputs \\(a, b\\)"):
+        load_model(str(tmp_path / "two.onnx"))
+
+
+def test_cli_error_is_one_line_on_the_real_stderr(tmp_path):
+    """No C++ warnings or tracebacks around the message (a subprocess sees every byte)."""
+    path = tmp_path / "scaler.onnx"
+    onnx.save(unsupported("opset"), str(path))
+    done = subprocess.run([sys.executable, "-m", "rflens", "trf", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [done.stderr.strip()]
+    assert done.stderr.startswith("rflens: error: ") and "ImageScaler" in done.stderr
+
+
+def test_every_command_takes_an_onnx_model(tmp_path, capfd):
+    path = tmp_path / "chain.onnx"
+    onnx.save(conv_chain((2, 16, 16)), str(path))
+    assert main(["erf", str(path), "--layer", "pool", "--samples", "4", "--format", "json", "-q"]) == 0
+    data = json.loads(capfd.readouterr().out)
+    assert data["layer"] == "pool"
+    assert main(["dense", str(path), "--layer", "stem/relu"]) == 0
+    assert "J (total stride)" in capfd.readouterr().out
+    from rflens.erf import effective_receptive_field
+
+    result = effective_receptive_field(str(path), "stem/conv_0", samples=2, progress=False)
+    assert result.input_shape[-3:] == (2, 16, 16) and result.trf.size == (3, 3)
+    assert result.raw.shape == (16, 16) and result.raw.sum() > 0

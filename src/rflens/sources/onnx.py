@@ -91,6 +91,26 @@ def load_onnx(path: str) -> tuple[nn.Module, dict]:
     return module, meta
 
 
+def declared_input_shape(path: str) -> tuple[int, ...]:
+    """The graph input's ``(C, *spatial)`` when all are static; else a one-line error saying which
+    sizes ``--input`` must give."""
+    onnx = import_onnx()
+    if not Path(path).is_file():
+        raise RflensError(f"{path}: ONNX file not found; check the path (cwd is {Path.cwd()})")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise RflensError(f"{path} is not a readable ONNX model ({type(exc).__name__}: "
+                          f"{_one_line(exc)}); export it again or check the file") from exc
+    name, dims, _ = _graph_input(model, path)
+    if any(d is None for d in dims):
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        example = "x".join(str(d) if d is not None else "224" for d in dims)
+        raise RflensError(f"{path}: input '{name}' has dynamic sizes ({shown}, C x spatial); give them "
+                          f"with --input, e.g. --input {example}")
+    return tuple(int(d) for d in dims)
+
+
 def read(path: str, onnx: Any) -> Any:
     """Load and check the file; every failure is one line naming the file."""
     p = Path(path)
