@@ -408,21 +408,46 @@ def test_verify_reports_a_disagreement(tmp_path, capfd, monkeypatch):
     assert "disagree with onnxruntime" in line and "stem/conv_0 unit" in line
 
 
-def test_dynamic_axes_need_input_and_static_ones_must_match(tmp_path, capfd):
+def test_dynamic_axes_need_input(tmp_path, capfd):
     path = tmp_path / "dyn.onnx"
     onnx.save(conv_chain((2, "height", 12)), str(path))
     net, meta = load_model(str(path))
-    assert meta["input_shape"] is None and meta["input_dims"] == (2, None, 12)
+    assert meta["input_shape"] is None and meta["input_dims"] == (2, None, None)
     line = error_line(capfd, "trf", str(path))
     assert "dynamic sizes (2x?x12" in line and "--input 2x224x12" in line
     assert main(["trf", str(path), "--input", "2x20x12", "--format", "json"]) == 0
     assert '"shape": [\n      1,\n      2,\n      20,\n      12' in capfd.readouterr().out
-    line = error_line(capfd, "trf", str(path), "--input", "2x20x13")
-    assert "2x?x12" in line and "2x20x13" in line
-    with pytest.raises(RflensError, match="takes inputs of shape 2x\\?x12"):
-        rflens.receptive_field(net, (2, 20, 16))
-    rf = rflens.receptive_field(net, (2, 20, 12))  # library use: any size on the dynamic axis
+    line = error_line(capfd, "trf", str(path), "--input", "3x20x12")
+    assert "2x?x?" in line and "3x20x12" in line
+    rf = rflens.receptive_field(net, (2, 20, 12))
     assert rf["pool"].grid == (10, 6)
+
+
+def fixed_size_chain():
+    """conv_chain followed by a Reshape to a constant feature-map shape: sizes baked in."""
+    model = conv_chain()
+    node = model.graph.node[-1]
+    node.output[0] = "p"
+    model.graph.node.append(helper.make_node("Reshape", ["p", "shape"], ["y"], name="unflatten"))
+    model.graph.initializer.append(ints("shape", [1, 4, 3, 12]))
+    return model
+
+
+def test_static_sizes_bind_only_graphs_that_bake_sizes_in(tmp_path, capfd):
+    free, fixed = tmp_path / "free.onnx", tmp_path / "fixed.onnx"
+    onnx.save(conv_chain(), str(free))
+    onnx.save(fixed_size_chain(), str(fixed))
+    net, meta = load_model(str(free))
+    assert meta["input_shape"] == (2, 12, 12) and meta["input_dims"] == (2, None, None)
+    assert rflens.receptive_field(net, (2, 20, 16))["pool"].grid == (10, 8)
+    net, meta = load_model(str(fixed))
+    assert net.rflens_onnx.fixed_by == "Reshape node 'unflatten'"
+    assert meta["input_dims"] == (2, 12, 12)
+    line = error_line(capfd, "trf", str(fixed), "--input", "2x20x16")
+    assert "2x12x12" in line and "2x20x16" in line
+    with pytest.raises(RflensError, match="Reshape node 'unflatten' fixes the sizes"):
+        rflens.receptive_field(net, (2, 20, 16))
+    assert rflens.receptive_field(net, (2, 12, 12))["output"].shape == (1, 4, 3, 12)
 
 
 def test_any_batch_size_runs(tmp_path):

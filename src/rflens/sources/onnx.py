@@ -13,9 +13,11 @@ has none), with every ``.`` replaced by ``_`` (PyTorch forbids dots in module na
 ``/layer1/layer1_0/conv1/Conv``. ``OnnxSource.rows`` maps every row to the ONNX node and output.
 
 The input shape comes from the graph's (single) input when its channel and spatial sizes are
-static; ``--input`` gives the dynamic ones and must agree with the static ones. The batch axis is
-free: every size is accepted there (a graph that fixes it may still fail on other batch sizes; it
-then says so).
+static; ``--input`` gives the dynamic ones. The channel count must always agree; static spatial
+sizes must agree too when some node holds a size as a constant (a ``Reshape`` to a feature map, a
+``Resize`` to fixed ``sizes``, a constant ``Slice``, ...: :func:`size_baking_node`), since the graph
+would compute something else at another size; otherwise they are only the default. The batch axis
+is free (a graph that fixes it may still fail on other batch sizes, loudly).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class OnnxSource:
 
     ``rows``: row name -> ``(ONNX node name, op type, output value names)``; ``input_name`` and
     ``input_dims`` (``(C, *spatial)``, None for a dynamic size) describe the graph input;
+    ``accepted`` is what the module runs on (None: any size; static spatial sizes become free when
+    no node bakes sizes in, see :func:`size_baking_node`), ``fixed_by`` the first node that does;
     ``opset`` is the file's own default-domain opset."""
 
     path: str
@@ -51,6 +55,8 @@ class OnnxSource:
     producer: str
     rows: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
+    accepted: tuple[int | None, ...] = ()
+    fixed_by: str | None = None
 
     def value_of(self, row: str) -> str | None:
         """The ONNX value (tensor name) a row stands for: ``name`` or ``name[i]`` for output i of
@@ -85,7 +91,7 @@ def load_onnx(path: str) -> tuple[nn.Module, dict]:
     module, source = convert(model, path, source_opset)
     shape = source.input_dims if all(d is not None for d in source.input_dims) else None
     meta = {"source": "onnx", "name": Path(path).name, "input_shape": shape,
-            "input_dims": source.input_dims, "weights": f"the initializers stored in {Path(path).name}",
+            "input_dims": source.accepted, "weights": f"the initializers stored in {Path(path).name}",
             "onnx": {"path": str(Path(path).resolve()), "opset": source_opset, "converted_opset": OPSET,
                      "producer": source.producer, "input": source.input_name, "nodes": len(source.rows)}}
     return module, meta
@@ -314,14 +320,53 @@ class _Constant(nn.Module):
         return super()._apply(fn, recurse)
 
 
-def check_input(x: torch.Tensor, dims: tuple, label: str) -> torch.Tensor:
-    """Refuse an input whose channel or spatial sizes differ from the graph's static ones."""
+def check_input(x: torch.Tensor, dims: tuple, label: str, fixed_by: str | None) -> torch.Tensor:
+    """Refuse an input whose channel or (for a graph that bakes sizes in) spatial sizes differ from
+    the graph's static ones."""
     got = tuple(x.shape[1:])
     if len(got) != len(dims) or any(d is not None and d != g for d, g in zip(dims, got)):
         want = "x".join("?" if d is None else str(d) for d in dims)
-        raise RflensError(f"{label} takes inputs of shape {want} (C x spatial, ? = any size); got "
-                          f"{'x'.join(map(str, got))}; give a matching --input")
+        why = f" ({fixed_by} fixes the sizes)" if fixed_by else ""
+        raise RflensError(f"{label} takes inputs of shape {want} (C x spatial, ? = any size){why}; got "
+                          f"{'x'.join(map(str, got))}; give a matching --input, or export the model "
+                          "with dynamic axes")
     return x
+
+
+_SHAPE_INPUT = {"Resize": 3, "Upsample": None, "Reshape": 1, "Expand": 1, "Tile": 1,
+                "ConstantOfShape": 0, "Range": 0, "Slice": 1, "Split": 1}
+
+
+def size_baking_node(model: Any) -> str | None:
+    """The first node that holds a size as a constant (``Reshape`` to rank > 2, ``Resize`` by
+    ``sizes``, ``Slice``/``Split``/``Expand``/``Tile``/``Range``/``ConstantOfShape`` by
+    constants), as ``"<op> node '<name>'"``; None when the graph computes at any spatial size the
+    way it does at its declared one (sizes it needs come from ``Shape``, scales, or flattening)."""
+    init = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        k = _SHAPE_INPUT.get(node.op_type, -1)
+        if k == -1 or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Reshape":
+            shape = init.get(node.input[1]) if len(node.input) > 1 else None
+            if shape is not None and len(shape.dims) == 1 and shape.dims[0] <= 2:
+                continue  # flattening to (batch, features): a wrong size fails in the next layer
+        elif node.op_type == "Upsample":
+            continue
+        elif node.op_type == "Split":
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if axis in (0, 1):
+                continue
+        elif node.op_type == "Slice" and len(node.input) > 3 and node.input[3] in init:
+            import onnx
+
+            axes = onnx.numpy_helper.to_array(init[node.input[3]]).tolist()
+            if all(a in (0, 1) for a in axes):
+                continue  # batch or channel slices
+        if k is not None and (len(node.input) <= k or node.input[k] not in init):
+            continue  # computed in the graph (from Shape) or absent: follows the input
+        return f"{node.op_type} node '{node.name or node.output[0]}'"
+    return None
 
 
 def convert(model: Any, path: str, source_opset: int) -> tuple[fx.GraphModule, OnnxSource]:
@@ -355,7 +400,9 @@ def convert(model: Any, path: str, source_opset: int) -> tuple[fx.GraphModule, O
     root.add_module("_onnx_constants", constants)
     values: dict[str, fx.Node] = {}
     x = fx_graph.placeholder("input")
-    values[input_name] = fx_graph.call_function(check_input, (x, dims, label))
+    fixed_by = size_baking_node(model)
+    accepted = dims if fixed_by else dims[:1] + (None,) * (len(dims) - 1)
+    values[input_name] = fx_graph.call_function(check_input, (x, accepted, label, fixed_by))
 
     def value(name: str) -> Any:
         if not name:
@@ -428,7 +475,7 @@ def convert(model: Any, path: str, source_opset: int) -> tuple[fx.GraphModule, O
     module = fx.GraphModule(root, fx_graph, class_name="OnnxModel")
     source = OnnxSource(str(Path(path).resolve()), input_name, dims, batch, source_opset,
                         f"{model.producer_name} {model.producer_version}".strip(), rows,
-                        tuple(o.name for o in model.graph.output))
+                        tuple(o.name for o in model.graph.output), accepted, fixed_by)
     module.rflens_onnx = source
     module.eval()
     return module, source
