@@ -540,3 +540,21 @@ def test_every_command_takes_an_onnx_model(tmp_path, capfd):
     result = effective_receptive_field(str(path), "stem/conv_0", samples=2, progress=False)
     assert result.input_shape[-3:] == (2, 16, 16) and result.trf.size == (3, 3)
     assert result.raw.shape == (16, 16) and result.raw.sum() > 0
+
+
+def test_awkward_node_names_get_unique_rows(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 6])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="type"),      # an nn.Module method
+             helper.make_node("Relu", ["a"], ["b"], name="output"),    # the model's own row
+             helper.make_node("Relu", ["b"], ["c"], name="a.b"),
+             helper.make_node("Relu", ["c"], ["d"], name="a_b"),       # same name once dots go
+             helper.make_node("Relu", ["d"], ["y"])]                   # no name: its output's
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "names.onnx"))
+    net, _ = load_model(str(tmp_path / "names.onnx"))
+    rf = rflens.receptive_field(net, (1, 6))
+    assert rf.names == ["type~2", "output~2", "a_b", "a_b~2", "y", "output"]
+    assert net.rflens_onnx.rows["a_b~2"][0] == "a_b" and net.rflens_onnx.rows["a_b"][0] == "a.b"

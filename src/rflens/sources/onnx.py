@@ -9,7 +9,8 @@ onnx2torch gets wrong or refuses (padding modes, transposed-convolution output s
 
 Row names: each node's submodule is named after the node (its first output's name when the node
 has none), with every ``.`` replaced by ``_`` (PyTorch forbids dots in module names) and
-``~2``, ``~3``, ... appended to repeated names: ``/layer1/layer1.0/conv1/Conv`` becomes the row
+``~2``, ``~3``, ... appended to repeated names (and to ``output``, the model's own row, and names
+of ``nn.Module`` attributes such as ``type``): ``/layer1/layer1.0/conv1/Conv`` becomes the row
 ``/layer1/layer1_0/conv1/Conv``. ``OnnxSource.rows`` maps every row to the ONNX node and output.
 
 The input shape comes from the graph's (single) input when its channel and spatial sizes are
@@ -278,7 +279,7 @@ def row_names(nodes: list) -> list[str]:
     for node in nodes:
         base = (node.name or (node.output[0] if node.output else node.op_type)).replace(".", "_") or "node"
         name, k = base, 1
-        while name in seen or name in ("", "_onnx_constants"):
+        while name in seen or name in ("output", "_onnx_constants") or hasattr(fx.GraphModule, name):
             k += 1
             name = f"{base}~{k}"
         seen.add(name)
@@ -333,39 +334,49 @@ def check_input(x: torch.Tensor, dims: tuple, label: str, fixed_by: str | None) 
     return x
 
 
-_SHAPE_INPUT = {"Resize": 3, "Upsample": None, "Reshape": 1, "Expand": 1, "Tile": 1,
-                "ConstantOfShape": 0, "Range": 0, "Slice": 1, "Split": 1}
-
-
 def size_baking_node(model: Any) -> str | None:
-    """The first node that holds a size as a constant (``Reshape`` to rank > 2, ``Resize`` by
-    ``sizes``, ``Slice``/``Split``/``Expand``/``Tile``/``Range``/``ConstantOfShape`` by
-    constants), as ``"<op> node '<name>'"``; None when the graph computes at any spatial size the
-    way it does at its declared one (sizes it needs come from ``Shape``, scales, or flattening)."""
-    init = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        k = _SHAPE_INPUT.get(node.op_type, -1)
-        if k == -1 or node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type == "Reshape":
-            shape = init.get(node.input[1]) if len(node.input) > 1 else None
-            if shape is not None and len(shape.dims) == 1 and shape.dims[0] <= 2:
-                continue  # flattening to (batch, features): a wrong size fails in the next layer
-        elif node.op_type == "Upsample":
-            continue
-        elif node.op_type == "Split":
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if axis in (0, 1):
-                continue
-        elif node.op_type == "Slice" and len(node.input) > 3 and node.input[3] in init:
-            import onnx
+    """The first node that holds a spatial size as a constant, as ``"<op> node '<name>'"``: a
+    ``Reshape``/``Expand``/``Tile``/``ConstantOfShape`` to a constant shape of rank 3 or more, a
+    ``Resize`` to constant ``sizes``, a ``Slice``/``Split`` with constants along an axis after the
+    channel axis of a tensor of rank 3 or more, a constant ``Range``. None when the graph computes
+    at any spatial size the way it does at its declared one (the sizes it needs come from
+    ``Shape``, scales, or flattening to ``(batch, features)``). ``model`` has inferred shapes."""
+    import onnx
 
-            axes = onnx.numpy_helper.to_array(init[node.input[3]]).tolist()
-            if all(a in (0, 1) for a in axes):
-                continue  # batch or channel slices
-        if k is not None and (len(node.input) <= k or node.input[k] not in init):
-            continue  # computed in the graph (from Shape) or absent: follows the input
-        return f"{node.op_type} node '{node.name or node.output[0]}'"
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
+             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+             if v.type.tensor_type.HasField("shape")}
+
+    def const(node, k):
+        return init.get(node.input[k]) if len(node.input) > k and node.input[k] else None
+
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        op, baked = node.op_type, False
+        if op in ("Reshape", "Expand", "Tile", "ConstantOfShape"):
+            shape = const(node, 0 if op == "ConstantOfShape" else 1)
+            baked = shape is not None and shape.size >= 3
+        elif op == "Resize":
+            baked = const(node, 3) is not None and const(node, 3).size > 0
+        elif op == "Range":
+            baked = all(const(node, k) is not None for k in range(3))
+        elif op in ("Slice", "Split"):
+            rank = ranks.get(node.input[0], 4)
+            if op == "Slice":
+                starts = const(node, 1)
+                if starts is None:
+                    continue  # computed from Shape: follows the input
+                axes = const(node, 3)
+                axes = list(range(starts.size)) if axes is None else axes.reshape(-1).tolist()
+            else:
+                if const(node, 1) is None:
+                    continue
+                axes = [next((a.i for a in node.attribute if a.name == "axis"), 0)]
+            baked = rank >= 3 and any(a % rank >= 2 for a in axes)
+        if baked:
+            return f"{op} node '{node.name or node.output[0]}'"
     return None
 
 
