@@ -34,7 +34,7 @@ import torch
 from torch import fx, nn
 
 from rflens.errors import RflensError
-from rflens.sources.onnx_prepare import OPSET, default_opset, fold_constants, to_opset
+from rflens.sources.onnx_prepare import OPSET, check_ops_exist, default_opset, fold_constants, to_opset
 
 _EXTRA = "pip install rflens[onnx]"
 
@@ -131,6 +131,7 @@ def read(path: str, onnx: Any) -> Any:
                           f"{_one_line(exc)}); export it again or check the file") from exc
     if not model.HasField("graph") or not model.graph.node:
         raise RflensError(f"{path} is not an ONNX model (no graph nodes); check the file")
+    check_ops_exist(model, default_opset(model), path, onnx)
     try:
         onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(p))
     except Exception as exc:

@@ -22,19 +22,28 @@ def default_opset(model: Any) -> int:
                       "standard ONNX graphs only")
 
 
-def to_opset(model: Any, path: str, version: int, onnx: Any) -> Any:
-    """The model at :data:`OPSET` (``onnx.version_converter``), or a one-line error."""
+def check_ops_exist(model: Any, version: int, path: str, onnx: Any) -> None:
+    """Refuse ops that have no form in :data:`OPSET` (removed, experimental, or newer), naming the
+    op and node; called before the checker, which prints a warning for experimental ops."""
     if version == OPSET:
-        return model
+        return  # unknown ops: the checker names them
     for node in model.graph.node:
-        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, OPSET, ""):
+        if node.domain not in ("", "ai.onnx") or (version > OPSET and not onnx.defs.has(node.op_type, version, "")):
+            continue
+        if not onnx.defs.has(node.op_type, OPSET, ""):
             where = f"{path}: ONNX op {node.op_type} (node '{node.name or node.output[0]}')"
             if version > OPSET:
                 raise RflensError(f"{where} is newer than opset {OPSET}, the opset rflens converts "
                                   "graphs to; it cannot be converted (re-export without it)")
-            raise RflensError(f"{where} of opset {version} has no form in opset {OPSET} (removed "
-                              "or experimental), so the graph cannot be upgraded; re-export the "
-                              f"model with opset_version={OPSET}")
+            raise RflensError(f"{where} of opset {version} has no form in opset {OPSET} (removed, "
+                              "experimental or unknown), so the graph cannot be upgraded; re-export "
+                              f"the model with opset_version={OPSET}")
+
+
+def to_opset(model: Any, path: str, version: int, onnx: Any) -> Any:
+    """The model at :data:`OPSET` (``onnx.version_converter``), or a one-line error."""
+    if version == OPSET:
+        return model
     old_resizes = _old_resize_modes(model, version, path, onnx) if version < 11 else {}
     try:
         converted = onnx.version_converter.convert_version(model, OPSET)

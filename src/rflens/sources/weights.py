@@ -20,6 +20,7 @@ file into any model, strictly: every key must match.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -67,8 +68,11 @@ def torchvision_pretrained(key: str, tag: str,
                           f"{path.name} (from {weights.url}) there, or set TORCH_HOME to a cache that "
                           "has it")
     state = read_state_dict(path)
+    kwargs: dict[str, Any] = {"weights": weights, "progress": False}
+    if "Quantized" in type(weights).__name__ and "quantize" in inspect.signature(builder).parameters:
+        kwargs["quantize"] = True  # quantized weights fit only the quantized model
     with mock.patch.object(type(weights), "get_state_dict", lambda *_a, **_k: state):
-        model = _build(lambda: builder(weights=weights, progress=False), label)
+        model = _build(lambda: builder(**kwargs), label)
     return model, weights.name, f"torchvision {type(weights).__name__}.{weights.name} ({path})"
 
 
@@ -151,8 +155,8 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RflensError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RflensError(f"{path} holds a {type(state).__name__} without tensors, not a state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -161,7 +165,8 @@ def load_weights_file(model: nn.Module, path: str) -> str:
     state = read_state_dict(path)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    shapes = [k for k in own if k in state and isinstance(own[k], torch.Tensor)
+              and isinstance(state[k], torch.Tensor) and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or shapes:
         detail = []
         if missing:
