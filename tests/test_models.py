@@ -79,7 +79,8 @@ def test_parse_input_rejects_empty(text):
 def test_torchvision_models_build_without_weights(no_downloads, spec, name, cls):
     model, meta = load_model(spec)
     assert type(model).__name__ == cls
-    assert meta == {"source": "torchvision", "name": name, "input_shape": None}
+    assert meta == {"source": "torchvision", "name": name, "input_shape": None,
+                    "weights": models.UNTRAINED}
 
 
 def test_torchvision_segmentation_keeps_default_aux_loss(no_downloads):
@@ -138,7 +139,8 @@ def test_timm_model():
     pytest.importorskip("timm")
     model, meta = load_model("timm:resnet18")
     assert isinstance(model, nn.Module)
-    assert meta == {"source": "timm", "name": "resnet18", "input_shape": (3, 224, 224)}
+    assert meta == {"source": "timm", "name": "resnet18", "input_shape": (3, 224, 224),
+                    "weights": models.UNTRAINED}
 
 
 def test_timm_unknown_name_suggests_close_names():
@@ -167,7 +169,8 @@ def test_factory_file(tmp_path):
     before = list(sys.path)
     model, meta = load_model(f"{path}:make")
     assert isinstance(model, nn.Conv2d) and model.out_channels == 4
-    assert meta == {"source": "file", "name": f"{path}:make", "input_shape": None}
+    assert meta == {"source": "file", "name": f"{path}:make", "input_shape": None,
+                    "weights": f"as {path}:make() builds them"}
     assert sys.path == before
 
 
@@ -237,7 +240,8 @@ def test_factory_file_failing_on_import(tmp_path):
 def test_spec_file(name):
     model, meta = load_model(str(EXAMPLES / name))
     assert isinstance(model, nn.Sequential) and list(model._modules) == ["layer0_conv", "layer1_conv"]
-    assert meta == {"source": "spec", "name": "chain", "input_shape": (1, 64, 64)}
+    assert meta == {"source": "spec", "name": "chain", "input_shape": (1, 64, 64),
+                    "weights": models.UNTRAINED}
 
 
 def test_spec_file_without_name_uses_stem(tmp_path):

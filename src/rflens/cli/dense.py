@@ -25,7 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "rarefied network (strides removed, later kernels dilated). Reports the max "
                     "absolute difference on the interior where both must agree and the time ratio.")
     p.add_argument("model", metavar="MODEL",
-                   help="torchvision:NAME, timm:NAME, file.py:factory or a spec file")
+                   help="torchvision:NAME[@WEIGHTS], timm:NAME[@TAG], file.py:factory, a spec file "
+                        "or an ONNX file (.onnx)")
     p.add_argument("--input", metavar="SHAPE",
                    help="input shape without batch, e.g. 3x112x112 (default: the model's own)")
     p.add_argument("--layer", metavar="NAME",

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                        description="Effective receptive field (Luo et al. 2016) of the centre unit of a "
                                    "layer: heat map, Gaussian sigma, mass radii, ERF/TRF ratio and "
                                    "RepLKNet's high-contribution area ratios.")
-    add_model_arguments(p)
+    add_model_arguments(p, weights=False)  # its own --weights takes as-is|random|uniform|FILE
     p.add_argument("--layer", required=True, metavar="NAME",
                    help="module name, as in model.named_modules() (e.g. layer4, features.5)")
     p.add_argument("--samples", type=int, default=None, metavar="N",

@@ -5,11 +5,19 @@ MODEL forms:
 - ``torchvision:NAME``: any builder in ``torchvision.models.list_models()`` (classification,
   segmentation, detection, video, optical flow, quantized), built with ``weights=None`` and, where the
   builder takes one, ``weights_backbone=None``: no weights are ever downloaded.
-- ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)`` (needs ``pip install rflens[timm]``).
+  ``torchvision:NAME@WEIGHTS`` (``resnet50@IMAGENET1K_V2``, ``resnet50@DEFAULT``): those trained
+  weights, read from the torch hub cache (see :mod:`rflens.sources.weights`; never downloaded).
+- ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)`` (needs ``pip install rflens[timm]``);
+  ``timm:NAME@TAG`` (``resnet50@a1_in1k``, ``resnet50@DEFAULT``): the tag's pretrained weights from
+  the Hugging Face hub cache or the torch hub cache.
 - ``path/to/file.py:factory``: imports ``file.py`` and calls ``factory()``, which must return an
   ``nn.Module``. This RUNS that file's code, with the file's folder on ``sys.path`` while it is
   imported: only point it at files you trust.
 - ``path/to/spec.yaml`` / ``.yml`` / ``.json``: a layer spec file (see :mod:`rflens.sources.spec`).
+- ``path/to/model.onnx``: an ONNX graph, converted to PyTorch (see :mod:`rflens.sources.onnx`; needs
+  ``pip install rflens[onnx]``). Its rows are named after the ONNX nodes.
+
+``load_model(..., weights=FILE)`` then loads a state dict or ``.safetensors`` file into the model.
 
 Shapes are ``(C, *spatial)`` without the batch axis, in pixels (frames for the time axis of video).
 """
@@ -34,23 +42,45 @@ from rflens.sources.spec import SPEC_SUFFIXES, build_spec, load_spec, read_spec,
 DEFAULT_SHAPE = (3, 224, 224)
 VIDEO_FRAMES = 16
 _SHAPE_FORMS = "C x spatial sizes, e.g. 3x224x224 (2-D), 1x64 (1-D) or 1x16x32x32 (3-D)"
-_MODEL_FORMS = ("torchvision:NAME, timm:NAME, path/to/file.py:factory or a spec file "
-                "(.yaml, .yml, .json)")
+_MODEL_FORMS = ("torchvision:NAME[@WEIGHTS], timm:NAME[@TAG], path/to/file.py:factory, a spec file "
+                "(.yaml, .yml, .json) or an ONNX file (.onnx)")
+UNTRAINED = "untrained (the library's default initialisation)"
 
 
-def load_model(spec: str) -> tuple[nn.Module, dict]:
+def load_model(spec: str, weights: str | None = None) -> tuple[nn.Module, dict]:
     """Resolve a MODEL argument (see the module docstring) to ``(model, metadata)``.
 
-    ``metadata`` is ``{"source": "torchvision"|"timm"|"file"|"spec", "name": str,
-    "input_shape": tuple | None}``: ``input_shape`` is the shape the model itself declares (a spec
-    file's ``input``, timm's ``pretrained_cfg["input_size"]``), else None; see
-    :func:`default_input_shape` for a fallback. A ``file.py:factory`` spec RUNS that file.
+    ``metadata`` is ``{"source": "torchvision"|"timm"|"file"|"spec"|"onnx", "name": str,
+    "input_shape": tuple | None, "weights": str}``: ``input_shape`` is the shape the model itself
+    declares (a spec file's ``input``, timm's ``pretrained_cfg["input_size"]``, an ONNX graph's
+    static input), else None; see :func:`default_input_shape` for a fallback. ``weights`` says in
+    words which weights the model holds (untrained, a pretrained tag and its file, a state-dict
+    file, the ONNX initializers); a report shows it. ``weights``: a state-dict or ``.safetensors``
+    file loaded into the model (strictly). A ``file.py:factory`` spec RUNS that file.
     """
     text = spec.strip() if isinstance(spec, str) else ""
     if not text:
         raise RflensError(f"empty MODEL; give one of {_MODEL_FORMS}")
-    if Path(text).suffix.lower() in SPEC_SUFFIXES:
+    model, meta = _load(text)
+    if weights is not None:
+        from rflens.sources.weights import load_weights_file
+
+        if meta["source"] == "onnx":
+            raise RflensError(f"--weights does not apply to ONNX models: {text} carries its own "
+                              "weights (its initializers); export the model again with the weights")
+        meta["weights"] = load_weights_file(model, str(weights))
+        meta["weights_file"] = str(Path(weights).resolve())
+    return model, meta
+
+
+def _load(text: str) -> tuple[nn.Module, dict]:
+    suffix = Path(text).suffix.lower()
+    if suffix in SPEC_SUFFIXES:
         return _load_spec_file(text)
+    if suffix == ".onnx":
+        from rflens.sources.onnx import load_onnx
+
+        return load_onnx(text)
     prefix, _, rest = text.partition(":")
     if prefix.lower() == "torchvision":
         return _load_torchvision(rest.strip())
@@ -60,6 +90,18 @@ def load_model(spec: str) -> tuple[nn.Module, dict]:
     if path.endswith(".py"):
         return _load_factory(path, factory.strip())
     raise RflensError(_unknown_model_message(text))
+
+
+def check_input_shape(meta: dict, shape: tuple[int, ...]) -> None:
+    """Refuse an input shape ``(C, *spatial)`` that contradicts the sizes the model fixes (an ONNX
+    graph's static channel and spatial sizes, ``meta["input_dims"]``, None where dynamic)."""
+    dims = meta.get("input_dims")
+    if not dims:
+        return
+    if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+        want = "x".join("?" if d is None else str(d) for d in dims)
+        raise RflensError(f"{meta.get('name', 'the model')} takes inputs of shape {want} (C x spatial, "
+                          f"? = any size); --input {'x'.join(map(str, shape))} does not fit")
 
 
 def parse_input(text: str) -> tuple[int, ...]:
@@ -88,17 +130,22 @@ def default_input_shape(model_name: str) -> tuple[int, ...]:
     """A sensible input shape ``(C, *spatial)`` for a model, in pixels (and frames).
 
     ``model_name`` is a MODEL argument or a bare torchvision name. Spec files give their own
-    ``input``; timm models their ``pretrained_cfg`` input size; ``inception_v3`` 3x299x299; torchvision
+    ``input``, ONNX files their graph input (an error names the dynamic sizes to give with
+    ``--input``); timm models their ``pretrained_cfg`` input size; ``inception_v3`` 3x299x299; torchvision
     video models 3x16xSxS with S the crop size of their reference weights (112, or 224 for
     s3d/mvit/swin3d, which need it); everything else 3x224x224. Reads no weights.
     """
     text = model_name.strip()
     if Path(text).suffix.lower() in SPEC_SUFFIXES:
         return load_spec(text)[1]
+    if Path(text).suffix.lower() == ".onnx":
+        from rflens.sources.onnx import declared_input_shape
+
+        return declared_input_shape(text)
     prefix, sep, rest = text.partition(":")
     if sep and prefix.lower() == "timm":
-        return _timm_default_shape(rest.strip())
-    name = (rest if sep and prefix.lower() == "torchvision" else text).strip().lower()
+        return _timm_default_shape(rest.split("@")[0].strip())
+    name = (rest if sep and prefix.lower() == "torchvision" else text).split("@")[0].strip().lower()
     if name in ("inception_v3", "quantized_inception_v3"):
         return (3, 299, 299)
     if name in _torchvision_video_models():
@@ -116,6 +163,9 @@ def _load_spec_file(path: str) -> tuple[nn.Module, dict]:
 def _load_torchvision(name: str) -> tuple[nn.Module, dict]:
     from torchvision import models
 
+    from rflens.sources.weights import split_tag, torchvision_pretrained
+
+    name, tag = split_tag(name)
     available = models.list_models()
     if not name:
         raise RflensError("torchvision: needs a model name, e.g. torchvision:resnet18")
@@ -124,25 +174,35 @@ def _load_torchvision(name: str) -> tuple[nn.Module, dict]:
         raise RflensError(f"unknown torchvision model '{name}'{_suggest(key, available)}; "
                           "list them with torchvision.models.list_models()")
     builder = models.get_model_builder(key)
-    kwargs: dict[str, Any] = {"weights": None}
-    if "weights_backbone" in inspect.signature(builder).parameters:
-        kwargs["weights_backbone"] = None
     with warnings.catch_warnings():  # googlenet/inception_v3 warn about a future init change
         warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
+        if tag is not None:
+            model, weights_name, described = torchvision_pretrained(key, tag, builder)
+            return model, _meta("torchvision", f"{key}@{weights_name}", None, described)
+        kwargs: dict[str, Any] = {"weights": None}
+        if "weights_backbone" in inspect.signature(builder).parameters:
+            kwargs["weights_backbone"] = None
         model = _call(lambda: builder(**kwargs), f"building torchvision:{key}")
     return model, _meta("torchvision", key, None)
 
 
 def _load_timm(name: str) -> tuple[nn.Module, dict]:
+    from rflens.sources.weights import split_tag, timm_pretrained
+
     timm = _import_timm()
+    name, tag = split_tag(name)
     if not name:
         raise RflensError("timm: needs a model name, e.g. timm:resnet50")
     if not timm.is_model(name):
         raise RflensError(f"unknown timm model '{name}'{_suggest(name, timm.list_models())}; "
                           "list them with timm.list_models('*pattern*')")
-    model = _call(lambda: timm.create_model(name, pretrained=False), f"building timm:{name}")
+    if tag is not None:
+        model, label, described = timm_pretrained(timm, name, tag)
+    else:
+        model = _call(lambda: timm.create_model(name, pretrained=False), f"building timm:{name}")
+        described, label = None, name
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    return model, _meta("timm", name, tuple(size) if size else None)
+    return model, _meta("timm", label, tuple(size) if size else None, described)
 
 
 def _import_timm() -> Any:
@@ -189,7 +249,7 @@ def _load_factory(path: str, factory: str) -> tuple[nn.Module, dict]:
     if not isinstance(model, nn.Module):
         raise RflensError(f"{label}() returned {type(model).__name__}, expected a torch.nn.Module; "
                           "make the factory return the model")
-    return model, _meta("file", label, None)
+    return model, _meta("file", label, None, f"as {label}() builds them")
 
 
 def _import_file(path: Path) -> Any:
@@ -262,8 +322,8 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def _meta(source: str, name: str, shape: tuple[int, ...] | None) -> dict:
-    return {"source": source, "name": name, "input_shape": shape}
+def _meta(source: str, name: str, shape: tuple[int, ...] | None, weights: str | None = None) -> dict:
+    return {"source": source, "name": name, "input_shape": shape, "weights": weights or UNTRAINED}
 
 
 def _remove_first(items: list, value: Any) -> None:
@@ -276,4 +336,4 @@ def _one_line(value: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-__all__ = ["DEFAULT_SHAPE", "default_input_shape", "load_model", "parse_input"]
+__all__ = ["DEFAULT_SHAPE", "default_input_shape", "load_model", "parse_input", "check_input_shape"]
