@@ -159,6 +159,11 @@ def test_cli_report(tmp_path, capsys):
     assert f"wrote {out.resolve()}" in stdout and out.resolve().as_uri() in stdout
     text = out.read_text()
     assert "No ERF was computed" in text and "layer1_conv" in text
+    import html as _html
+
+    from rflens.sources import load_model
+
+    assert f"weights: {_html.escape(load_model(str(spec))[1]['weights'])}" in text  # what was used
     assert_self_contained(text)
     for argv, message in ((["--erf-layers", "nope"], "no layer 'nope'"),
                           (["--samples", "0"], "--samples must be a positive"),

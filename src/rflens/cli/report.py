@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rflens.cli.common import add_model_arguments, resolve
+from rflens.cli.common import add_model_arguments, resolve_model
 
 
 def add_parser(sub) -> None:
@@ -69,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
         raise RflensError(f"-o {args.output}: the report is HTML; give a .html file")
     start = time.perf_counter()
     torch.manual_seed(args.seed)  # untrained models (weights=None) are drawn reproducibly
-    model, name, shape = resolve(args)
+    resolved = resolve_model(args)
+    model, name, shape, meta = resolved.model, resolved.name, resolved.shape, resolved.meta
     log = None if args.quiet else (lambda text: print(f"rflens: {text}", file=sys.stderr))
     text = build_report(model, shape, name=name, erf_layers=_erf_layers(args.erf_layers),
                         samples=args.samples, inputs=args.inputs, seed=args.seed, image=args.image,
-                        explorer=not args.no_explorer, log=log)
+                        explorer=not args.no_explorer, weights=meta.get("weights"), log=log)
     path = write_report(args.output, text)
     size = path.stat().st_size / 1024
     print(f"wrote {path} ({size:.0f} KiB, {time.perf_counter() - start:.1f} s); open {path.as_uri()}")

@@ -70,7 +70,7 @@ def check_layers(model: Any, layers: Sequence[str]) -> None:
 def build_report(model: Any, input_shape: Sequence[int] | None = None, *, name: str | None = None,
                  erf_layers: Sequence[str] | str | None = "auto", samples: int = ERF_SAMPLES,
                  inputs: Any = "noise", seed: int = 0, image: Any = None, explorer: bool = True,
-                 log: Callable[[str], None] | None = None) -> str:
+                 weights: str | None = None, log: Callable[[str], None] | None = None) -> str:
     """Analyse ``model`` and return the report's HTML.
 
     ``input_shape``: ``(C, *spatial)`` without batch (default ``(3, 224, 224)``). ``erf_layers``:
@@ -79,7 +79,9 @@ def build_report(model: Any, input_shape: Sequence[int] | None = None, *, name: 
     weights, ``|gradient|`` summed over channels, at each layer's centre unit; the report says so.
     ``image``: the picture under the explorer (a file path, an array or a tensor; see
     :func:`rflens.report.images.picture`); default scikit-image's bundled photo (1 or 3 channels,
-    2-D) or a grid. ``explorer=False`` leaves the interactive section out.
+    2-D) or a grid. ``explorer=False`` leaves the interactive section out. ``weights``: which
+    weights the model carries, as the report should state it (``rflens.load_model`` gives it as
+    ``meta["weights"]``); default "the model's own weights (as passed)".
     """
     shape = tuple(input_shape) if input_shape is not None else (3, 224, 224)
     pic = picture(shape, image) if explorer else None  # a bad --image fails before any work
@@ -94,6 +96,7 @@ def build_report(model: Any, input_shape: Sequence[int] | None = None, *, name: 
                            log=log)
     params = sum(p.numel() for p in model.parameters())
     return render_html(rf, entries, samples=samples, parameters=params, image=pic, explorer=explorer,
+                       weights=weights or "the model's own weights (as passed)",
                        erf_choice="chosen automatically (the last top-level stages whose field fits "
                                   "the input)" if erf_layers == "auto" else "chosen by the user")
 

@@ -71,7 +71,7 @@ tr.rfx-link{cursor:pointer}tr.rfx-link:hover td{box-shadow:inset 0 -1px #0b5cad}
 
 def render_html(rf: Any, erfs: Sequence[ERFEntry | Any] = (), *, samples: int | None = None,
                 parameters: int | None = None, erf_choice: str = "",
-                image: Picture | None = None, explorer: bool = True) -> str:
+                image: Picture | None = None, explorer: bool = True, weights: str | None = None) -> str:
     """The report for a TRF result ``rf`` and ERF entries (``ERFEntry`` or ``ERFResult``).
 
     ``image``: the picture under the explorer (:func:`rflens.report.images.picture`; default the
@@ -87,7 +87,8 @@ def render_html(rf: Any, erfs: Sequence[ERFEntry | Any] = (), *, samples: int | 
         f"<h1>{_e(title)}</h1>",
         f"<p class='meta'>input {_e(_shape(rf.input_shape[1:]))} (C×spatial, batch 1)"
         + (f" · {parameters / 1e6:.2f} M parameters" if parameters is not None else "")
-        + f" · {len(rf.layers)} layers · rflens {_e(rflens.__version__)}</p>",
+        + f" · {len(rf.layers)} layers · rflens {_e(rflens.__version__)}</p>"
+        + (f"<p class='meta weights'>weights: {_e(weights)}</p>" if weights else ""),
         "<nav><a href='#summary'>Summary</a><a href='#warnings'>Warnings</a>"
         + ("<a href='#explore'>Explore</a>" if explorer else "")
         + "<a href='#growth'>Growth</a><a href='#erf'>Effective fields</a><a href='#layers'>Layer "
@@ -203,8 +204,7 @@ def _settings_text(entries: list[ERFEntry], samples: int | None) -> str:
     return (f"Gradient ERF (Luo et al. 2016) of each layer's centre unit (index n//2 per axis): the "
             f"input gradient of the sum of the unit's channels ({s.get('readout')} readout), reduced "
             f"over input channels with {s.get('reduce')}, averaged over {result.samples} samples of "
-            f"{s.get('inputs')}; weights {s.get('weights')} (MODEL strings build untrained models, "
-            f"i.e. random weights), activations {s.get('activations')}, {s.get('dtype')} on "
+            f"{s.get('inputs')}; weights {s.get('weights')} (see the weights line at the top), activations {s.get('activations')}, {s.get('dtype')} on "
             f"{s.get('device')}. Heat maps are divided by their maximum; the log map shows "
             f"log10(map / max) down to 1e-4. White box: the unit's TRF, clipped to the input.")
 
