@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from rflens.errors import RflensError, UnsupportedOpError
-from rflens.geometry.fields import TensorField
+from rflens.geometry.fields import TensorField, Tokens, axis_factors, enumerate_units
 from rflens.trf.capture import Capture, TensorRef, capture_with_fallback
 from rflens.trf.graph import Analysis, analyse
 from rflens.trf.result import AxisField, LayerField, ReceptiveField
@@ -105,7 +105,34 @@ def _row(name: str, op: str, ref: TensorRef, analysis: Analysis, spatial: tuple[
     if any(a is None for a in axes) and not field.unknown and not lost:
         lost = ("no input axis can be followed to this output",)
     return LayerField(name, op, ref.shape, axes, not field.misaligned, field.is_global,
-                      tuple(sorted(field.unknown)), lost, spatial, not field.approximate, factors)
+                      tuple(sorted(field.unknown)), lost, spatial, not field.approximate, factors,
+                      (tuple(_layout(dim) for dim in field.dims), _axis_units(field, len(spatial))))
+
+
+def _axis_units(field: TensorField, n_spatial: int) -> tuple:
+    """Per input axis, the whole-axis units a row's unit indices stand for (None: the same)."""
+    parts: dict[int, list] = {}
+    for dim in field.dims:
+        for f in axis_factors(dim):
+            parts.setdefault(f.axis, []).append(f)
+    out = []
+    for k in range(n_spatial):
+        fs = parts.get(k)
+        out.append(None if not fs or (len(fs) == 1 and fs[0].full) else tuple(enumerate_units(tuple(fs))))
+    return tuple(out)
+
+
+def _layout(dim) -> tuple:
+    """The parts of one tensor dimension as :meth:`LayerField.locate` reads them."""
+    parts = []
+    for f in dim:
+        if isinstance(f, Tokens):
+            parts.append(("tokens", f.before, f.after, _layout(f.grid)))
+        elif f.axis is None:
+            parts.append(("plain", f.size))
+        else:
+            parts.append(("axis", f.size, f.axis, f.step))
+    return tuple(parts)
 
 
 def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool) -> ReceptiveField:

@@ -55,6 +55,10 @@ class LayerField:
     input_spatial: tuple[int, ...] = ()
     exact_hull: bool = True  # False: box(clip=True) may be a superset (see docs)
     factors: tuple[Factor | None, ...] = field(default=(), repr=False, compare=False)
+    # (per tensor dimension its parts: ("plain", size) / ("axis", size, axis, step) / ("tokens",
+    # before, after, parts of the grid); per axis the whole-axis units the row's units stand for,
+    # None when they are the same): where each unit sits in the tensor
+    layout: tuple = field(default=(), repr=False, compare=False)
 
     # per-axis summaries -------------------------------------------------------------------
     @property
@@ -137,6 +141,20 @@ class LayerField:
         if not present.any():
             return None
         return tuple((int(lo[present].min()), int(hi[present].max())) for lo, hi in zip(los, his))
+
+    def locate(self, unit) -> tuple[np.ndarray, ...]:
+        """Where ``unit`` (one index per input axis, as in :meth:`box`) sits in the layer's output
+        tensor: per tensor dimension, the indices that belong to it (every index of a plain
+        dimension such as batch or channels; the one token or position of the unit along a
+        dimension that carries an axis). ``y[np.ix_(*layer.locate(unit))]`` holds the unit's
+        features — in ``(B, C, H, W)``, ``(B, H, W, C)`` and token layouts ``(B, 1 + H*W, C)``
+        alike."""
+        unit = self._check_unit(unit)
+        if not self.layout:
+            raise RflensError(f"layer {self.name!r} has no recorded layout")
+        dims, axis_units = self.layout
+        whole = tuple(u if units is None else units[u] for u, units in zip(unit, axis_units))
+        return tuple(_dim_indices(parts, whole) for parts in dims)
 
     def units_seeing(self, pixel) -> tuple[tuple[int, int], ...] | None:
         """Per axis, the inclusive range of units whose (exact) field contains ``pixel`` (the
@@ -265,3 +283,24 @@ class ReceptiveField:
 
     def __rich__(self):
         return rich_table(self)
+
+
+def _dim_indices(parts: tuple, unit: tuple[int, ...]) -> np.ndarray:
+    """The indices of one tensor dimension (its ``parts`` from ``LayerField.layout``) that belong
+    to ``unit``: a mixed-radix number over its parts, plain parts taking every value."""
+    idx = np.zeros(1, dtype=np.int64)
+    for part in parts:
+        if part[0] == "tokens":
+            _, before, after, grid = part
+            inner = _dim_indices(grid, unit)
+            total = before + after + int(np.prod([p[1] for p in grid]))
+            idx = (idx[:, None] * total + (before + inner)[None, :]).ravel()
+            continue
+        size = part[1]
+        if part[0] == "plain":
+            own = np.arange(size, dtype=np.int64)
+        else:
+            _, _, axis, step = part
+            own = np.array([(unit[axis] // step) % size], dtype=np.int64)
+        idx = (idx[:, None] * size + own[None, :]).ravel()
+    return idx

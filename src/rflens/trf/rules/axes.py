@@ -3,12 +3,13 @@ broadcast dimensions, and merge the paths that meet at one dimension."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
 
 from rflens.geometry.axis import AxisMap, aligned, compose, constant_reads, union
-from rflens.geometry.fields import Dim, Factor, dim_size, single_spatial
+from rflens.geometry.fields import Dim, Factor, Tokens, axis_factors, dim_size, single_spatial
 from rflens.trf.rules.registry import Misalignment
 
 _BIG = np.int64(1) << 60
@@ -65,39 +66,76 @@ def reduce_factor(f: Factor) -> Factor:
 
 def reduce_dim(dim: Dim) -> list[Factor]:
     """Spatial factors of a dimension reduced away, each collapsed to one global unit."""
-    return [reduce_factor(f) for f in dim if f.axis is not None]
+    seen, out = set(), []
+    for f in axis_factors(dim):
+        if f.axis not in seen:
+            seen.add(f.axis)
+            out.append(reduce_factor(Factor(f.units, f.axis, f.field, f.lo, f.hi)))
+    return out
 
 
 def normalise(dim: Dim) -> Dim:
-    """Merge adjacent plain factors and drop plain size-1 factors (keeps factor lists canonical)."""
-    out: list[Factor] = []
+    """Canonical factor list: adjacent plain factors merged, plain size-1 factors and size-1
+    sub-factors dropped, adjacent sub-factors of one axis that fit (outer step = inner step x inner
+    size) joined, a token dimension without extra tokens replaced by its grid."""
+    out: list = []
     for f in dim:
-        if f.axis is None and out and out[-1].axis is None:
-            out[-1] = Factor(out[-1].size * f.size)
+        if isinstance(f, Tokens) and not f.before and not f.after:
+            out.extend(normalise(f.grid))
+            continue
+        prev = out[-1] if out else None
+        if isinstance(f, Tokens) or isinstance(prev, Tokens):
+            out.append(f)
+        elif f.axis is None and prev is not None and prev.axis is None:
+            out[-1] = Factor(prev.size * f.size)
         elif f.axis is None and f.size == 1 and len(dim) > 1:
             continue
+        elif f.axis is not None and not f.full and f.size == 1:
+            continue  # one window, or a single unit of a split: adds nothing to the axis index
+        elif (f.axis is not None and prev is not None and prev.axis == f.axis
+              and prev.step == f.step * f.size and _same_arrays(prev, f)):
+            out[-1] = replace(f, size=prev.size * f.size)
         else:
             out.append(f)
     if not out:
         out = [Factor(1)]
     if len(out) > 1:
-        out = [f for f in out if not (f.axis is None and f.size == 1)] or [Factor(1)]
+        out = [f for f in out if isinstance(f, Tokens) or not (f.axis is None and f.size == 1)] \
+            or [Factor(1)]
     return tuple(out)
 
 
-def broadcast_factor(f: Factor, n: int) -> Factor:
+def _same_arrays(a: Factor, b: Factor) -> bool:
+    return (a.lo is b.lo and a.hi is b.hi) or (
+        a.lo.shape == b.lo.shape and np.array_equal(a.lo, b.lo) and np.array_equal(a.hi, b.hi))
+
+
+def broadcast_factor(f, n: int):
     """A size-1 spatial factor repeated ``n`` times: every unit reads that one unit."""
     if f.size == n or f.axis is None:
         return f if f.size == n else Factor(n)
+    if isinstance(f, Tokens) or not f.full:
+        raise NotImplementedError("broadcasting a token dimension or a split axis")
     return apply_reads(f, constant_reads(0, 0), n)
 
 
 def _is_broadcast_context(dim: Dim) -> bool:
-    return any(f.axis is not None and f.field.jump == 0 and f.size > 1 for f in dim)
+    return any(isinstance(f, Factor) and f.axis is not None and f.field.jump == 0 and f.size > 1
+               for f in dim)
 
 
 def describe(fmap: AxisMap) -> tuple[str, str]:
     return str(fmap.jump), str(fmap.center)
+
+
+def structure(dim: Dim) -> tuple:
+    """What must agree for paths to be merged at one dimension: sizes, axes, splits, tokens."""
+    return tuple(("tokens", f.before, f.after, structure(f.grid)) if isinstance(f, Tokens)
+                 else (f.size, f.axis, f.step, f.units if f.axis is not None else 0) for f in dim)
+
+
+def has_axis(dim: Dim) -> bool:
+    return any(f.axis is not None for f in dim)
 
 
 def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[int],
@@ -108,34 +146,37 @@ def merge_dims(dims: list[Dim], n: int, axis_hint: int, call, positions: list[in
     the paths carry different factor structures rflens cannot line up. Records a misalignment on
     ``call`` when paths disagree on jump or centre."""
     is_global = dict(zip(positions, global_paths or [False] * len(positions)))
-    spatial = [(p, d) for p, d in zip(positions, dims) if any(f.axis is not None for f in d)]
-    local = [(p, d) for p, d in spatial if not (is_global[p] and _is_broadcast_context(d))]
-    if local:  # a pooled global context broadcast over the map (J = 0): the gate is a constant
-        spatial = local
+    spatial = [(p, d) for p, d in zip(positions, dims) if has_axis(d)]
     if not spatial:
         return (Factor(n),)
-    structures = {tuple((f.size, f.axis) for f in d) for _, d in spatial}
-    if len(structures) > 1:
+    if len({structure(d) for _, d in spatial}) > 1:
         return None
-    ref = spatial[0][1]
-    out = []
-    for k, f0 in enumerate(ref):
-        if f0.axis is None:
-            out.append(f0)
-            continue
-        parts = [d[k] for _, d in spatial]
-        if len(parts) == 1:
-            out.append(f0)
-            continue
-        maps = [f.field for f in parts]
-        if not aligned(maps, f0.size):
-            call.misalignments.append(Misalignment(
-                f0.axis, tuple((p, *describe(d[k].field)) for p, d in spatial)))
-        # paths become components; compact() merges them again where that stays exact
-        lo = np.concatenate([f.lo for f in parts])
-        hi = np.concatenate([f.hi for f in parts])
-        out.append(Factor(f0.size, f0.axis, union(maps, f0.size), lo, hi))
-    return tuple(out)
+    # a pooled global context broadcast over the map (J = 0, an SE gate): part of every unit's
+    # exact hull, but left out of the geometric field (summary numbers) and the alignment test
+    context = [is_global[p] and _is_broadcast_context(d) for p, d in spatial]
+    if all(context):
+        context = [False] * len(spatial)
+    return tuple(_merge_factors([d[k] for _, d in spatial], [p for p, _ in spatial], context, call)
+                 for k in range(len(spatial[0][1])))
+
+
+def _merge_factors(parts: list, positions: list[int], context: list[bool], call):
+    f0 = parts[0]
+    if isinstance(f0, Tokens):
+        grid = tuple(_merge_factors([t.grid[k] for t in parts], positions, context, call)
+                     for k in range(len(f0.grid)))
+        return replace(f0, grid=grid, mixed=any(t.mixed for t in parts))
+    if f0.axis is None or len(parts) == 1 or all(f is f0 for f in parts):
+        return f0
+    local = [(p, f) for p, f, c in zip(positions, parts, context) if not c]
+    maps = [f.field for _, f in local]
+    if not aligned(maps, f0.units):
+        call.misalignments.append(Misalignment(
+            f0.axis, tuple((p, *describe(f.field)) for p, f in local)))
+    # paths become components; compact() merges them again where that stays exact
+    lo = np.concatenate([f.lo for f in parts])
+    hi = np.concatenate([f.hi for f in parts])
+    return replace(local[0][1], field=union(maps, f0.units), lo=lo, hi=hi)
 
 
 def frac(value: float) -> Fraction:

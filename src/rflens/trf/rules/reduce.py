@@ -1,12 +1,13 @@
 """Reductions and whole-axis normalisations: mean/sum/max/var... over dimensions, softmax,
 Group/Layer/Instance norm, BatchNorm in training mode. Reducing or normalising over a spatial
 dimension makes the result depend on the whole axis: ``global``; the geometric field of the
-reduced axis becomes one unit that covers every unit it pooled."""
+reduced axis becomes one unit that covers every unit it pooled. Over part of a split axis (the
+tokens of a window) they stay within the window (:mod:`rflens.trf.rules.mixing`)."""
 
 from __future__ import annotations
 
 from rflens.geometry.fields import Factor, TensorField
-from rflens.trf.rules.axes import reduce_dim
+from rflens.trf.rules.mixing import drop_dims, mix
 from rflens.trf.rules.merge import broadcast_merge
 from rflens.trf.rules.registry import OpCall, register
 
@@ -20,22 +21,9 @@ def _dims_arg(value, n: int) -> list[int]:
 
 
 def reduce_over(field: TensorField, shape_in, shape_out, dims: list[int]) -> TensorField:
-    keep = len(shape_out) == len(shape_in)
-    new_dims, extra = [], list(field.extra)
-    spatial_reduced = False
-    for d, dim in enumerate(field.dims):
-        if d not in dims:
-            new_dims.append(dim)
-            continue
-        reduced = reduce_dim(dim)
-        spatial_reduced |= any(f.size > 1 for f in dim if f.axis is not None)
-        if keep and len(reduced) == 1 and len(dim) == 1:
-            new_dims.append((reduced[0],))
-        else:
-            extra.extend(reduced)
-            if keep:
-                new_dims.append((Factor(1),))
-    return field.with_dims(new_dims, is_global=field.is_global or spatial_reduced, extra=tuple(extra))
+    """Reduction over ``dims``: each remaining unit holds the union of what it pooled; an axis
+    pooled whole is a global dependency."""
+    return drop_dims(mix(field, dims), dims, keepdim=len(shape_out) == len(shape_in))
 
 
 @register("mean", "sum", "nansum", "amax", "amin", "max", "min", "argmax", "argmin", "prod",
@@ -62,10 +50,9 @@ def reduction(call: OpCall) -> list:
 
 
 def normalise_over(call: OpCall, x, dims: list[int]) -> list:
-    """Output keeps ``x``'s geometry; it is global if any normalised dimension is spatial."""
-    merged = broadcast_merge(call, x.shape, [x])
-    spatial = any(f.axis is not None and f.size > 1 for d in dims for f in x.field.dims[d])
-    main = merged.with_dims(merged.dims, is_global=merged.is_global or spatial)
+    """Output keeps ``x``'s shape; every unit depends on the units it is normalised with (global when
+    a whole axis is normalised, window-local for a split axis)."""
+    main = mix(broadcast_merge(call, x.shape, [x]), dims)
     stats = TensorField(tuple((Factor(s),) for s in call.out_shapes[1]), is_global=True) \
         if len(call.out_shapes) > 1 else None
     return [main] + [stats if s != tuple(x.shape) else main for s in call.out_shapes[1:]]

@@ -6,11 +6,14 @@ that would split a spatial axis itself loses the geometry (reported, never guess
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from rflens.geometry.axis import AxisMap, explicit_reads, union
-from rflens.geometry.fields import Dim, Factor, TensorField, dim_size, flags_of
+from rflens.geometry.fields import Dim, Factor, TensorField, Tokens, dim_size, flags_of
 from rflens.trf.rules.axes import apply_reads, merge_dims, normalise
+from rflens.trf.rules.tokens import slice_tokens, token_dim, with_tokens
 from rflens.trf.rules.registry import Arg, OpCall, register
 
 
@@ -19,19 +22,23 @@ def _wrap(d: int, n: int) -> int:
 
 
 def regroup(dims: tuple[Dim, ...], shape: tuple[int, ...]) -> tuple[list[Dim], list[Factor]] | None:
-    """Factors of ``dims`` regrouped into dimensions of ``shape``; None if a spatial factor would
-    be split. Also returns spatial size-1 factors that were dropped (they become reduced axes)."""
+    """Factors of ``dims`` regrouped into dimensions of ``shape``. A plain factor splits freely; a
+    spatial factor splits into an outer and an inner sub-factor (a window partition); a token
+    dimension moves whole. None when the view cannot be followed (it would split a token dimension,
+    or a factor into pieces that do not divide it). Also returns whole spatial size-1 factors that
+    were dropped (they become reduced axes)."""
     factors = [f for d in dims for f in d]
     out: list[Dim] = []
     dropped: list[Factor] = []
     i = 0
     for size in shape:
-        group: list[Factor] = []
+        group: list = []
         prod = 1
         while prod < size:
             while i < len(factors) and factors[i].size == 1:
-                if factors[i].axis is not None:
-                    dropped.append(factors[i])
+                f = factors[i]
+                if isinstance(f, Factor) and f.axis is not None and f.full:
+                    dropped.append(f)
                 i += 1
             if i >= len(factors):
                 return None
@@ -40,10 +47,10 @@ def regroup(dims: tuple[Dim, ...], shape: tuple[int, ...]) -> tuple[list[Dim], l
                 group.append(f)
                 prod *= f.size
                 i += 1
-            elif f.axis is None and f.size % (size // prod) == 0 and size % prod == 0:
-                need = size // prod
-                group.append(Factor(need))
-                factors[i] = Factor(f.size // need)
+            elif not isinstance(f, Tokens) and size % prod == 0 and f.size % (size // prod) == 0:
+                outer, inner = _split(f, size // prod)
+                group.append(outer)
+                factors[i] = inner
                 prod = size
             else:
                 return None
@@ -57,9 +64,18 @@ def regroup(dims: tuple[Dim, ...], shape: tuple[int, ...]) -> tuple[list[Dim], l
     for f in factors[i:]:
         if f.size != 1:
             return None
-        if f.axis is not None:
+        if isinstance(f, Factor) and f.axis is not None and f.full:
             dropped.append(f)
     return out, dropped
+
+
+def _split(f: Factor, outer: int) -> tuple[Factor, Factor]:
+    """A factor of ``n`` units as ``outer`` steps of an inner part of ``n // outer`` units."""
+    inner = f.size // outer
+    if f.axis is None:
+        return Factor(outer), Factor(inner)
+    return (replace(f, size=outer, step=f.step * inner, whole=f.units),
+            replace(f, size=inner, whole=f.units))
 
 
 @register("squeeze", "squeeze_", "squeeze_copy")
@@ -101,7 +117,8 @@ def view(call: OpCall) -> list:
     shape = call.out_shapes[0]
     got = regroup(x.field.dims, shape)
     if got is None:
-        lost = x.field.lost | {f"{call.name} from {x.shape} to {shape} splits a spatial axis"}
+        lost = x.field.lost | {f"{call.name} from {x.shape} to {shape} splits a token dimension "
+                               "or an axis into pieces rflens cannot follow"}
         return [x.field.with_dims([(Factor(s),) for s in shape], lost=lost)]
     dims, dropped = got
     return [x.field.with_dims(dims, extra=x.field.extra + tuple(dropped))]
@@ -126,10 +143,12 @@ def permute(call: OpCall) -> list:
     return [x.field.with_dims([x.field.dims[d] for d in order])]
 
 
-def _slice_dim(field: TensorField, d: int, start: int, step: int, n_out: int) -> TensorField:
+def _slice_dim(field: TensorField, d: int, start: int, step: int, n_out: int) -> TensorField | None:
     dim = field.dims[d]
     dims = list(field.dims)
-    if len(dim) == 1 and dim[0].axis is not None:
+    if len(dim) == 1 and isinstance(dim[0], Tokens):
+        return slice_tokens(field, d, start, step, n_out, _slice_dim)
+    if len(dim) == 1 and dim[0].axis is not None and dim[0].full:
         reads = AxisMap(1, step, (start,), (start,))
         dims[d] = (apply_reads(dim[0], reads, n_out),)
         return field.with_dims(dims)
@@ -172,10 +191,12 @@ def select(call: OpCall) -> list:
     return [_select_dim(x.field, d, index)]
 
 
-def _select_dim(field: TensorField, d: int, index: int) -> TensorField:
+def _select_dim(field: TensorField, d: int, index: int) -> TensorField | None:
     """Unit ``index`` of dimension ``d``, the dimension dropped (a spatial one becomes a reduced
-    axis that keeps that unit's field)."""
+    axis that keeps that unit's field; a class token depends on what it attended to)."""
     one = _slice_dim(field, d, index, 1, 1)
+    if one is None:
+        return None
     dims = list(one.dims)
     removed = dims.pop(d)
     extra = one.extra + tuple(f for f in removed if f.axis is not None)
@@ -267,8 +288,11 @@ def cat(call: OpCall) -> list:
     spatial = {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
     if not stacking and spatial:
         single = len(spatial) == 1 and all(len(a.field.dims[d]) == 1 and a.field.dims[d][0].axis in spatial
-                                            for a in live)
+                                            and getattr(a.field.dims[d][0], "full", False) for a in live)
+        token = None if single else token_dim(tensors, d)
         dims = _concat_spatial(tensors, d, shape, spatial.pop()) if single else None
+        if token is not None:
+            return [with_tokens(call, tensors, d, shape, token, flags)]
         if dims is None:
             reason = f"{call.name} along a spatial dimension of tensors that carry different axes"
             return [TensorField(tuple((Factor(s),) for s in shape),
@@ -337,3 +361,32 @@ def as_strided(call: OpCall) -> list:
 
 
 __all__ = ["regroup"]
+
+
+@register("roll")
+def roll(call: OpCall) -> list:
+    """A cyclic shift: unit ``u`` of a rolled spatial dimension reads unit ``(u - shift) mod n``
+    (fields wrap around the border, Swin's shifted windows). A roll of the flattened tensor
+    (no ``dims``) or of a dimension that is not one whole axis is not followed (reported)."""
+    x = call.input
+    if x.field is None:
+        return [None]
+    shifts, dims = list(call.kw["shifts"]), list(call.kw.get("dims") or [])
+    field = x.field
+    if not dims:
+        if any(f.axis is not None for dim in field.dims for f in dim):
+            return [field.with_dims(field.dims, lost=field.lost | {"roll of the flattened tensor"})]
+        return [field]
+    out = list(field.dims)
+    for shift, d in zip(shifts, dims):
+        d = _wrap(d, len(x.shape))
+        dim = out[d]
+        if not any(f.axis is not None for f in dim):
+            continue
+        f = dim[0] if len(dim) == 1 and isinstance(dim[0], Factor) and dim[0].full else None
+        if f is None:
+            return [field.with_dims(field.dims, lost=field.lost | {"roll of a dimension that is not one whole axis"})]
+        n = f.size
+        src = (np.arange(n, dtype=np.int64) - shift) % n
+        out[d] = (apply_reads(f, explicit_reads(src, src), n, src[:, None]),)
+    return [field.with_dims(out)]
