@@ -164,18 +164,11 @@ def _spawned(model: Any, layers: list, input_shape: Any, units: list, workers: i
              options: dict) -> list[ERFResult]:
     """Run :func:`_measure` on ``workers`` new processes and give back rank 0's results, their
     notes re-emitted here as warnings."""
-    import warnings
-
     from rflens.erf.distributed import spawn
-    from rflens.erf.result import ERFWarning
 
     if isinstance(model, nn.Module):
         _check_picklable(model)
-    results = spawn(workers, _rank_job, (model, layers, input_shape, units, workers, options))
-    for result in results:
-        for note in result.warnings:
-            warnings.warn(note, ERFWarning, stacklevel=3)
-    return results
+    return spawn(workers, _rank_job, (model, layers, input_shape, units, workers, options))
 
 
 def _check_picklable(model: nn.Module) -> None:
@@ -193,9 +186,11 @@ def _rank_job(model: Any, layers: list, input_shape: Any, units: list, workers: 
               options: dict) -> list[ERFResult]:
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # rank 0's notes travel in its results
+    if os.environ.get("RANK") == "0":  # the caller's own process: its warnings are the run's
         return _measure(model, layers, input_shape, units, workers, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _measure(model, layers, input_shape, units, workers, report=False, **options)
 
 
 def _measure(model: Any, layers: list, input_shape: Any, units: list, workers: int | None, *,
@@ -205,7 +200,8 @@ def _measure(model: Any, layers: list, input_shape: Any, units: list, workers: i
              device: Any = None, preset: str | None = None, nonfinite: str = "raise",
              max_memory: int | None = None, checkpoint: Any = None, checkpoint_every: int = 256,
              transform: Any = None, mean: Any = None, std: Any = None,
-             loader_workers: int | None = None, model_seed: int | None = None) -> list[ERFResult]:
+             loader_workers: int | None = None, model_seed: int | None = None,
+             report: bool = True) -> list[ERFResult]:
     settings = _settings(preset, {"inputs": inputs, "samples": samples, "batch_size": batch_size,
                                   "weights": weights, "activations": activations, "reduce": reduce,
                                   "readout": readout, "input_shape": input_shape,
@@ -227,14 +223,14 @@ def _measure(model: Any, layers: list, input_shape: Any, units: list, workers: i
     try:
         return _measure_in(net, name, meta, layers, shape, units, settings, comm, requested, dtype,
                            seed, progress, nonfinite, max_memory, checkpoint, checkpoint_every,
-                           mean, std, loader_workers, samples, preset)
+                           mean, std, loader_workers, samples, preset, report)
     finally:
         comm.finish()
 
 
 def _measure_in(net, name, meta, layers, shape, units, settings, comm, requested, dtype, seed,
                 progress, nonfinite, max_memory, checkpoint, checkpoint_every, mean, std,
-                loader_workers, samples, preset) -> list[ERFResult]:
+                loader_workers, samples, preset, report=True) -> list[ERFResult]:
     dev = comm.device(requested)
     source = resolve_source(settings.inputs, shape, seed, count=settings.samples, model=net,
                             transform=settings.transform, mean=mean, std=std)
@@ -264,6 +260,8 @@ def _measure_in(net, name, meta, layers, shape, units, settings, comm, requested
             probe.maps(_first_input(source, shape), 0)
     finally:
         probe.restore()
+    if not report:  # a helper process of a spawned run: rank 0 reports
+        return []
     cache: dict = {}
     return [_result(acc, k, probe, source, settings, net, name, shape, layers, notes, samples, seed,
                     preset, dev, comm, cache)

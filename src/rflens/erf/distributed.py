@@ -2,9 +2,9 @@
 
 A run is *distributed* in one of three ways:
 
-- ``workers=N`` (``--workers N``): rflens starts N processes itself (``torch.multiprocessing`` with
-  the ``spawn`` method, a process group on a free localhost port), runs rank 0's share and the others'
-  in parallel, and returns rank 0's result to the caller;
+- ``workers=N`` (``--workers N``): the calling process is rank 0 and rflens starts N - 1 more
+  (``torch.multiprocessing`` with the ``spawn`` method), joined in a process group on a free
+  localhost port; the caller gets rank 0's result;
 - under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
   ``MASTER_PORT``): every process runs the same command, rflens joins them in a process group (and
   leaves it again when done);
@@ -136,32 +136,94 @@ def free_port() -> int:
 
 
 def spawn(workers: int, job: Callable[..., Any], args: tuple) -> Any:
-    """Run ``job(*args)`` in ``workers`` new processes joined in one process group on localhost
-    (each with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` set, so
-    :func:`from_environment` finds it) and return rank 0's return value. An :class:`RflensError`
-    in any process is raised here with its message; any other failure as a ``RuntimeError`` naming
-    the rank."""
+    """Run ``job(*args)`` as rank 0 in this process and in ``workers - 1`` new processes (ranks
+    1 ...), joined in one process group on localhost (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT`` set, so :func:`from_environment` finds it), and return rank 0's
+    value. Rank 0 starts only when every new process has read its arguments; an
+    :class:`RflensError` in a new process is raised here with its message, any other failure as a
+    ``RuntimeError`` naming the rank."""
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    queue = mp.get_context("spawn").SimpleQueue()
     port = free_port()
+    context = mp.start_processes(_worker, args=(workers, port, queue, job, args), nprocs=workers - 1,
+                                 join=False, start_method="spawn")
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved_env = {k: os.environ.get(k) for k in keys}
+    threads = torch.get_num_threads()
     try:
-        mp.start_processes(_worker, args=(workers, port, queue, job, args), nprocs=workers,
-                           join=True, start_method="spawn")
-    except Exception as exc:
+        _wait_ready(context, queue, workers - 1)
+        os.environ.update(_rank_env(0, workers, port))
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) // workers)))
+        try:
+            result = job(*args)
+        except Exception as exc:
+            _raise_child_failure(context, queue, exc)
+            raise
+        while not context.join(timeout=1):
+            pass
+        return result
+    except BaseException:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _rank_env(rank: int, workers: int, port: int) -> dict[str, str]:
+    return {"RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(workers), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _wait_ready(context, queue, count: int) -> None:
+    ready = 0
+    while ready < count:
+        while not queue.empty():
+            kind, payload = queue.get()
+            if kind == "ready":
+                ready += 1
+            else:
+                _raise_message(kind, payload, None)
+        if ready < count and any(p.exitcode is not None for p in context.processes):
+            import time
+
+            time.sleep(0.2)  # let a failing process's message arrive
+            failure = _first_failure(queue)
+            if failure is not None:
+                _raise_message(*failure, None)
+            raise RuntimeError("an ERF worker process exited before it started (could it import the "
+                               "model's class?)")
+        if ready < count:
+            import time
+
+            time.sleep(0.02)
+
+
+def _raise_child_failure(context, queue, exc: BaseException) -> None:
+    """After rank 0 failed: a new process's own failure, when there is one, says more."""
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
         failure = _first_failure(queue)
         if failure is not None:
-            kind, message = failure
-            if kind == "rflens":
-                raise RflensError(message) from None
-            raise RuntimeError(message) from exc
-        raise RuntimeError(f"an ERF worker process failed: {str(exc).strip().splitlines()[-1][:300]}") from exc
-    while not queue.empty():
-        kind, payload = queue.get()
-        if kind == "result":
-            return payload
-    raise RuntimeError("the ERF worker processes ended without a result")
+            _raise_message(*failure, exc)
+        if all(p.exitcode is not None for p in context.processes) or isinstance(exc, RflensError):
+            return
+        time.sleep(0.1)
+
+
+def _raise_message(kind: str, message: str, cause: BaseException | None) -> None:
+    if kind == "rflens":
+        raise RflensError(message) from None
+    raise RuntimeError(message) from cause
 
 
 def _first_failure(queue) -> tuple[str, str] | None:
@@ -174,19 +236,16 @@ def _first_failure(queue) -> tuple[str, str] | None:
 
 
 def _worker(index: int, workers: int, port: int, queue, job: Callable[..., Any], args: tuple) -> None:
-    os.environ.update({"RANK": str(index), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(index),
-                       "LOCAL_WORLD_SIZE": str(workers), "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(min(torch.get_num_threads(), threads))
+    rank = index + 1
+    queue.put(("ready", rank))
+    os.environ.update(_rank_env(rank, workers, port))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers)))
     try:
-        result = job(*args)
+        job(*args)
     except RflensError as exc:
         queue.put(("rflens", str(exc)))
         raise
     except BaseException as exc:
-        queue.put(("error", f"ERF worker {index} of {workers} failed: {type(exc).__name__}: "
+        queue.put(("error", f"ERF worker {rank} of {workers} failed: {type(exc).__name__}: "
                             f"{str(exc).strip()[:300]}"))
         raise
-    if index == 0:
-        queue.put(("result", result))

@@ -106,7 +106,7 @@ def _estimate_sample_bytes(probe, shape: tuple[int, ...]) -> float | None:
 
 def _extra_bytes(probe, shape: tuple[int, ...]) -> float:
     pixels = math.prod(shape)
-    targets = max(1, len(probe.layers) * len(probe.unit_specs))
+    targets = probe.target_count(len(shape) - 1)
     element = torch.empty((), dtype=probe.dtype).element_size()
     extra = targets * (pixels * element + pixels / shape[0] * 8)
     if probe.settings.weights == "random" and probe.use_vmap:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import math
 from typing import Any
 
 import torch
@@ -176,6 +178,11 @@ class _Probe:
             raise RflensError(f"the output of layer '{layer}' does not depend on the input "
                               "through autograd (detached or computed under no_grad)")
 
+    def target_count(self, ndim: int) -> int:
+        """How many (layer, unit) targets the specs name for ``ndim`` spatial axes."""
+        return len(self.layers) * sum(math.prod(grid_counts(spec, ndim) or [1])
+                                      for spec in self.unit_specs)
+
     def _resolve_targets(self, ys: list[torch.Tensor]) -> None:
         if self.targets is not None:
             return
@@ -205,23 +212,27 @@ def _is_unit_list(unit: Any) -> bool:
     return isinstance(unit, list) and any(not isinstance(u, (int,)) for u in unit)
 
 
+def grid_counts(spec: Any, ndim: int) -> list[int] | None:
+    """The per-axis unit counts of a ``"grid:G"`` / ``"grid:GxH"`` spec (None for other specs)."""
+    if not (isinstance(spec, str) and spec.strip().lower().startswith("grid:")):
+        return None
+    try:
+        counts = [int(v) for v in spec.split(":", 1)[1].lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise RflensError(f"unit '{spec}' must look like grid:3 or grid:3x4") from None
+    return counts * ndim if len(counts) == 1 else counts
+
+
 def resolve_units(spec: Any, spatial: tuple[int, ...], layer: str | None) -> list[tuple[int, ...]]:
     """The units one spec names: ``"grid:G"`` / ``"grid:GxH"`` is a grid of units, the centre unit
     of each of ``G`` (``H``) equal bands per axis (index ``floor((i + 1/2) n / G)``; ``grid:1`` is
     the centre unit); anything else is one unit (:func:`resolve_unit`)."""
-    if isinstance(spec, str) and spec.strip().lower().startswith("grid:"):
-        try:
-            counts = [int(v) for v in spec.split(":", 1)[1].lower().replace(",", "x").split("x")]
-        except ValueError:
-            raise RflensError(f"unit '{spec}' must look like grid:3 or grid:3x4") from None
-        if len(counts) == 1:
-            counts = counts * len(spatial)
+    counts = grid_counts(spec, len(spatial))
+    if counts is not None:
         if len(counts) != len(spatial) or any(not 1 <= g <= n for g, n in zip(counts, spatial)):
             raise RflensError(f"unit '{spec}' does not fit the output of layer '{layer}' (spatial "
                               f"{'x'.join(map(str, spatial))}); give one count per axis, each at "
                               "most that axis's size")
-        import itertools
-
         axes = [[int((i + 0.5) * n / g) for i in range(g)] for g, n in zip(counts, spatial)]
         return [tuple(u) for u in itertools.product(*axes)]
     return [resolve_unit(spec, spatial, layer)]

@@ -157,7 +157,7 @@ def _run_batches(probe: _Probe, source: InputSource, shape: tuple[int, ...], sam
     comm = options.comm
     batches = math.ceil(samples / chunk)
     start = resume.next_batch if resume is not None else 0
-    acc = _resumed(resume) if resume is not None else _empty(target_count(probe, shape), shape[1:])
+    acc = _resumed(resume) if resume is not None else _empty(probe.target_count(len(shape) - 1), shape[1:])
     if resume is not None and resume.done:
         return acc if comm.is_main else _empty(*acc.total.shape[:1], acc.total.shape[1:])
     if resume is not None and not comm.is_main:
@@ -197,18 +197,6 @@ def _run_batches(probe: _Probe, source: InputSource, shape: tuple[int, ...], sam
                 break
     acc.largest_pass = max(acc.largest_pass, probe.largest_pass)
     return acc
-
-
-def target_count(probe: _Probe, shape: tuple[int, ...]) -> int:
-    """How many (layer, unit) targets the probe's specs name (a grid spec counts its units)."""
-    per_layer = 0
-    for spec in probe.unit_specs:
-        if isinstance(spec, str) and spec.strip().lower().startswith("grid:"):
-            counts = [int(v) for v in spec.split(":", 1)[1].lower().replace(",", "x").split("x")]
-            per_layer += math.prod(counts) if len(counts) > 1 else counts[0] ** (len(shape) - 1)
-        else:
-            per_layer += 1
-    return per_layer * len(probe.layers)
 
 
 def _resumed(resume: Checkpoint | None) -> _Accumulator:
