@@ -310,3 +310,69 @@ def test_bad_worker_counts_are_one_line_errors():
     local = type("Local", (nn.Module,), {"forward": lambda self, x: x})
     with pytest.raises(RflensError, match="cannot be pickled"):
         quiet(effective_receptive_field, local(), None, (3, 8, 8), workers=2)
+
+
+SMALL_MODEL = '''
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1, stride=2))
+'''
+
+
+@pytest.mark.slow
+def test_the_same_command_runs_under_torchrun(tmp_path):
+    (tmp_path / "small.py").write_text(SMALL_MODEL)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    from rflens.erf.distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(free_port()), "-m", "rflens", "erf", f"{tmp_path / 'small.py'}:build",
+           "--layer", "2", "--input", "3x20x20", "--samples", "5", "--batch-size", "2",
+           "--weights", "random", "-q", "--format", "json", "--save", str(tmp_path / "two.npy")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # one report: only rank 0 prints
+    assert report["settings"]["processes"] == 2 and report["samples"] == 5
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import small
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    one = quiet(effective_receptive_field, small.build(), "2", (3, 20, 20), samples=5, batch_size=2,
+                weights="random")
+    assert rel_diff(one.raw, np.load(tmp_path / "two.npy")) < 1e-9
+
+
+def test_replknet_preset_stretches_images_and_centres_squares_on_the_unit(tmp_path):
+    from rflens.erf.protocols import replknet_area_ratios
+
+    folder = make_images(tmp_path / "im", 3, tree=False)
+    torch.manual_seed(5)
+    r = quiet(effective_receptive_field, ScaleNet(), "b", (3, 64, 64), inputs=str(folder),
+              preset="replknet2022", loader_workers=0)
+    assert "aspect ratio not kept" in r.settings["inputs"]
+    assert (r.settings["reduce"], r.settings["readout"], r.samples) == ("relu", "relu", 3)
+    # unit (16, 16) of the stride-2 conv reads input rows/columns 30..34: centre 32, the input's 31.5
+    assert r.trf.center == (32.0, 32.0) and r.metrics.reference_pixel == (32, 32)
+    assert r.metrics.center_offset == (0.5, 0.5)
+    assert r.metrics.replknet == replknet_area_ratios(r.raw, (32, 32))
+    rows = dict(r.summary_rows())
+    assert any(k.startswith("RepLKNet r(t=0.99)") for k in rows)
+
+
+def test_the_table_says_not_gaussian_instead_of_a_sigma():
+    from rflens.erf.result import build_result
+
+    two_peaks = np.zeros((40, 40))
+    two_peaks[3, 3] = two_peaks[36, 36] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ERFWarning)
+        r = build_result(two_peaks, model="m", layer="x", input_shape=(1, 40, 40), output_shape=(1, 1, 1),
+                         unit=(0, 0), samples=1, method="gradient", settings={}, trf=None, notes=[])
+    rows = dict(r.summary_rows())
+    assert rows["Gaussian sigma (px)"].startswith("not Gaussian")
+    assert "not Gaussian" in rows["mass outside input"]
