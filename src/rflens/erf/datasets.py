@@ -211,9 +211,9 @@ class _Resize:
             from rflens.erf.inputs import _resize_crop
 
             img = _resize_crop(img, height, width)
-        t = torch.from_numpy(np.asarray(img, dtype=np.float32).copy() / 255.0)
-        t = t.permute(2, 0, 1) if t.dim() == 3 else t.unsqueeze(0)
-        return (t - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+        from torchvision.transforms import functional as TF
+
+        return TF.normalize(TF.to_tensor(img), list(self.mean), list(self.std))
 
 
 class _Pil:
