@@ -134,7 +134,7 @@ def main() -> None:
     print(f"{'erf, 1 process':28}{t_erf1:>10.2f}{rate['erf_1']:>12.2f}")
     print(f"{f'erf, {args.workers} processes':28}{t_erfn:>10.2f}{rate[f'erf_{args.workers}']:>12.2f}")
     after = rate[f"erf_{args.workers}_after_first_round"]
-    print(f"{f'  (one round, start-up incl.)':28}{t_start:>10.2f}"
+    print(f"{'  (one round, start-up incl.)':28}{t_start:>10.2f}"
           f"{'':>12}" + (f"  -> {after:.2f} samples/s after it" if after else ""))
     ratio = report["ratio_erf1_vs_plain_to_layer"]
     print(f"erf 1 process / plain to layer = {ratio:.2f} ({'ok' if ratio <= 1.1 else 'ABOVE'} target 1.1)")

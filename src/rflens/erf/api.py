@@ -241,7 +241,8 @@ def _measure_in(net, name, meta, layers, shape, units, settings, comm, requested
             notes.append(f"asked for {count} samples but the inputs ({source.description}) hold "
                          f"{source.count}; used {source.count} (pass a folder with more images)")
         count = source.count
-    checksum = _weights_checksum(net)
+    # only checkpoints and several processes need to know the weights are the ones expected
+    checksum = _weights_checksum(net) if checkpoint or comm.active else None
     _check_same_model(comm, checksum)
     probe = _Probe(net, layers, settings, _resolve_dtype(dtype, settings), dev, seed, units)
     fingerprint = {"model": name, "weights_checksum": checksum, "layers": layers,
@@ -312,7 +313,7 @@ def _weights_checksum(model: nn.Module) -> str:
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             if t.is_floating_point() and t.device.type != "meta":
-                total += float(t.detach().double().sum())
+                total += float(t.detach().sum(dtype=torch.float64))
                 count += t.numel()
     return f"{count}:{total:.17g}"
 

@@ -28,7 +28,7 @@ import torch
 
 from rflens.errors import RflensError
 
-__all__ = ["Comm", "SINGLE", "from_environment", "spawn", "TIMEOUT"]
+__all__ = ["Comm", "SINGLE", "from_environment", "spawn", "free_port", "TIMEOUT"]
 
 TIMEOUT = datetime.timedelta(minutes=30)
 
