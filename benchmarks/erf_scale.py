@@ -13,7 +13,8 @@ initialisation: nothing is downloaded), on the same noise samples in the same ba
 
 Prints samples per second for each and the ratio ``erf 1 proc / plain to layer`` (target <= 1.1).
 With ``--device cuda`` (where a GPU is lent) the same on the GPU; several GPUs: ``--workers N``
-puts rank r on ``cuda:r``. Medians over ``--repeat`` runs after one warm-up.
+puts rank r on ``cuda:r``. Medians over ``--repeat`` runs after one warm-up; ``plain to layer`` and
+``erf 1 proc`` alternate, so load from other processes falls on both alike.
 
     python benchmarks/erf_scale.py [--model resnet50] [--layer layer4] [--samples 32]
                                    [--batch-size 16] [--workers 2] [--repeat 3] [--device cpu]
@@ -73,13 +74,21 @@ def _sync(device: torch.device) -> None:
 
 
 def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    return median_times([fn], repeat)[0]
+
+
+def median_times(fns: list, repeat: int) -> list[float]:
+    """Medians over ``repeat`` rounds in which the functions run one after the other (after one
+    warm-up each), so load from other processes falls on all of them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -100,11 +109,14 @@ def main() -> None:
         p.requires_grad_(False)
     xs = batches(args.samples, args.batch_size)
     n = args.samples
-    t_layer = median_time(lambda: plain_to_layer(model, args.layer, xs, device), args.repeat)
+    t_layer, t_erf1 = median_times([lambda: plain_to_layer(model, args.layer, xs, device),
+                                    lambda: erf(model, args.layer, n, args.batch_size, 1, args.device)],
+                                   args.repeat)
     for p in model.parameters():
         p.requires_grad_(True)
     t_full = median_time(lambda: plain_full(model, xs, device), args.repeat)
-    t_erf1 = median_time(lambda: erf(model, args.layer, n, args.batch_size, 1, args.device), args.repeat)
+    for p in model.parameters():
+        p.requires_grad_(False)
     # start-up of the extra processes: a run with one batch per process
     t_start = median_time(lambda: erf(model, args.layer, args.batch_size * args.workers,
                                       args.batch_size, args.workers, args.device), 1)
