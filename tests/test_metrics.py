@@ -211,3 +211,135 @@ def test_negative_or_nonfinite_maps_are_rejected():
         compute_metrics(-np.ones((3, 3)))
     with pytest.raises(ValueError, match="NaN"):
         compute_metrics(np.full((3, 3), np.nan))
+
+
+# --- scipy fits, the Gaussian criteria ---------------------------------------------------------------
+
+def test_joint_fit_recovers_an_anisotropic_gaussian_and_the_marginal_amplitude():
+    from rflens.erf.gaussian import fit_gaussian_nd
+
+    m = gaussian_map((101, 91), (48.0, 40.5), (7.0, 4.0))
+    joint = fit_gaussian_nd(m)
+    assert joint.sigma == pytest.approx((7.0, 4.0), rel=1e-6)
+    assert joint.center == pytest.approx((48.0, 40.5), abs=1e-6)
+    assert joint.r2 == pytest.approx(1.0, abs=1e-9)
+    # a sampled Gaussian of sigma >= 3 sums to sigma*sqrt(2 pi) (to ~1e-10): scaled to sum 1, its
+    # peak is 1 / (sigma sqrt(2 pi)), per axis and jointly
+    assert joint.amplitude == pytest.approx(1 / (2 * math.pi * 7.0 * 4.0), rel=1e-6)
+    metrics = compute_metrics(m)
+    assert metrics.amplitude == pytest.approx((1 / (7.0 * math.sqrt(2 * math.pi)),
+                                               1 / (4.0 * math.sqrt(2 * math.pi))), rel=1e-6)
+    assert metrics.gaussian and metrics.joint_r2 == pytest.approx(1.0, abs=1e-9)
+
+
+def test_maps_that_are_not_gaussian_get_no_sigma_or_tail_estimate():
+    two_peaks = np.zeros((60, 60))
+    two_peaks[5, 5] = two_peaks[54, 54] = 1.0  # R^2 of any single Gaussian is about 0
+    m = compute_metrics(two_peaks)
+    assert max(m.r2) < 0.2 and not m.gaussian
+    assert math.isnan(m.outside_fraction) and "not Gaussian" in m.outside_method
+    box = compute_metrics(square_map(64, 10, 40))  # a flat field: marginal R^2 0.83 < 0.9
+    assert not box.gaussian and 0.7 < box.r2[0] < 0.9
+    smooth = compute_metrics(gaussian_map((64, 64), (30.0, 33.0), (5.0, 6.0)))
+    assert smooth.gaussian and math.isfinite(smooth.outside_fraction)
+    assert smooth.to_dict()["gaussian"]["is_gaussian"] is True
+
+
+def test_excess_kurtosis_of_path_counts_is_minus_three_halves_over_n():
+    from rflens.erf.gaussian import excess_kurtosis
+
+    for n in (1, 2, 5, 12):
+        counts = np.array([1.0])
+        for _ in range(n):
+            counts = np.convolve(counts, np.ones(3))  # n stacked 3-wide uniform kernels
+        assert excess_kurtosis(counts) == pytest.approx(-1.5 / n, rel=1e-9)
+    assert excess_kurtosis(np.ones(31)) == pytest.approx(-1.2 * (31**2 + 1) / (31**2 - 1), rel=1e-9)
+
+
+@pytest.mark.parametrize("n, shaped", [(1, False), (2, False), (6, True), (20, True)])
+def test_deep_small_kernel_stacks_are_gaussian_shaped_and_shallow_ones_are_not(n, shaped):
+    counts = np.array([1.0])
+    for _ in range(n):
+        counts = np.convolve(counts, np.ones(3))
+    m = np.pad(np.outer(counts, counts), 10)
+    metrics = compute_metrics(m)
+    assert metrics.gaussian_shaped is shaped, metrics.shape_reason
+
+
+def test_one_large_kernel_is_not_gaussian_shaped():
+    m = np.pad(np.ones((31, 31)), 20)
+    metrics = compute_metrics(m)
+    assert not metrics.gaussian_shaped and "kurtosis -1.20" in metrics.shape_reason
+
+
+# --- the published read-outs ---------------------------------------------------------------------------
+
+def published_rectangles(data: np.ndarray, thresholds) -> dict:
+    """RepLKNet's analyze_erf as published, restated: A = log10(x + 1) / max; squares of side 2i+1
+    around (h//2, w//2) for i = 1 .. h//2 - 1; the first whose share of A exceeds t."""
+    a = np.log10(data + 1)
+    a = a / a.max()
+    h, w = a.shape
+    out = {}
+    for t in thresholds:
+        out[t] = None
+        for i in range(1, h // 2):
+            share = a[h // 2 - i:h // 2 + i + 1, w // 2 - i:w // 2 + i + 1].sum() / a.sum()
+            if share > t:
+                out[t] = (2 * i + 1, (2 * i + 1) ** 2 / (h * w))
+                break
+    return out
+
+
+def test_replknet_area_ratios_match_the_published_definition():
+    from rflens.erf.protocols import REPLKNET_THRESHOLDS, replknet_area_ratios
+
+    rng = np.random.default_rng(3)
+    m = gaussian_map((96, 96), (47.0, 49.0), (9.0, 12.0)) * 300 + rng.exponential(0.5, (96, 96))
+    got = replknet_area_ratios(m, (48, 48))
+    want = published_rectangles(m, REPLKNET_THRESHOLDS)
+    for t in REPLKNET_THRESHOLDS:
+        if want[t] is None:
+            assert got[t][0] is None and math.isnan(got[t][1])
+        else:
+            assert got[t][0] == want[t][0] and got[t][1] == pytest.approx(want[t][1])
+    flat = np.ones((96, 96))  # the largest square tried, 95 x 95, holds (95/96)^2 < 0.99
+    assert published_rectangles(flat, (0.99,))[0.99] is None
+    assert replknet_area_ratios(flat, (48, 48))[0.99][0] is None
+
+
+def test_replknet_squares_stay_inside_the_input_around_an_off_centre_unit():
+    from rflens.erf.protocols import replknet_area_ratios
+
+    m = np.zeros((40, 40))
+    m[8:13, 8:13] = 1e6  # all mass around pixel (10, 10)
+    got = replknet_area_ratios(m, (10, 10))
+    assert got[0.5] == (5, 25 / 1600)
+    # a threshold the squares inside the input (i <= 10 from pixel 10) cannot pass
+    m[28:40, 28:40] = 1e6  # most of A lies beyond the squares around (10, 10) that fit
+    side, ratio = replknet_area_ratios(m, (10, 10))[0.5]
+    assert side is None and math.isnan(ratio)
+
+
+def test_radial_mass_counts_pixel_centres_within_r():
+    from rflens.erf.protocols import radial_mass
+
+    yy, xx = np.mgrid[:61, :61]
+    dist = np.hypot(yy - 30.5, xx - 29.0)
+    m = np.where(dist <= 20, 1.0, 0.0)
+    got = radial_mass(m, (30.5, 29.0), (5, 10, 20, 30))
+    total = m.sum()
+    for r in (5, 10, 20):
+        assert got[r] == pytest.approx(np.count_nonzero(dist <= r) / total)
+    assert got[30] == pytest.approx(1.0)
+
+
+def test_centre_offset_is_measured_from_the_input_centre():
+    m = gaussian_map((10, 12), (3.5, 5.5), (1.5, 1.5))
+    metrics = compute_metrics(m, center=(3.5, 5.5))
+    assert metrics.center_offset == pytest.approx((-1.0, 0.0))
+    assert metrics.center_distance == pytest.approx(1.0)
+    d = metrics.to_dict()
+    assert d["center_offset"]["distance"] == pytest.approx(1.0)
+    assert set(d["radial_mass"]) == {"scaling", "5", "10", "20", "30", "40", "60", "80"}
+    assert set(d["replknet2022"]) == {"definition", "20", "30", "50", "99"}

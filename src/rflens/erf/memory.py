@@ -4,6 +4,8 @@ per sample (from a shape-only meta forward, or counted on the first real pass)."
 from __future__ import annotations
 
 import contextlib
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -88,17 +90,38 @@ def saved_bytes(model: nn.Module, ref: LayerRef, shape: tuple[int, ...],
 
 
 def _estimate_sample_bytes(probe, shape: tuple[int, ...]) -> float | None:
-    """Bytes saved per sample: :func:`saved_bytes` at batch 2 minus batch 1 (parameters cancel)."""
-    one = saved_bytes(probe.model, probe.ref, shape, probe.dtype, 1)
-    two = saved_bytes(probe.model, probe.ref, shape, probe.dtype, 2)
-    if one is None or two is None:
-        return None
-    return max(two - one, 1.0)
+    """Bytes one sample costs in a backward pass: :func:`saved_bytes` at batch 2 minus batch 1
+    (parameters cancel) for the deepest of the probed layers, plus what grows with the number of
+    targets (one input gradient and one float64 map each) and, for per-sample random weights
+    batched with vmap, the sample's own parameter copies (:func:`_draw_bytes`)."""
+    per_layer = []
+    for ref in probe.refs:
+        one = saved_bytes(probe.model, ref, shape, probe.dtype, 1)
+        two = saved_bytes(probe.model, ref, shape, probe.dtype, 2)
+        if one is None or two is None:
+            return None
+        per_layer.append(max(two - one, 1.0))
+    return max(per_layer) + _extra_bytes(probe, shape)
+
+
+def _extra_bytes(probe, shape: tuple[int, ...]) -> float:
+    pixels = math.prod(shape)
+    targets = probe.target_count(len(shape) - 1)
+    element = torch.empty((), dtype=probe.dtype).element_size()
+    extra = targets * (pixels * element + pixels / shape[0] * 8)
+    if probe.settings.weights == "random" and probe.use_vmap:
+        extra += _draw_bytes(probe.model, probe.dtype)
+    return float(extra)
+
+
+def _draw_bytes(model: nn.Module, dtype: torch.dtype) -> float:
+    """Bytes of one sample's parameter copies on the vmap path: the float32 draw on the CPU, its
+    slice of the stacked float32 tensor, and its slice of that stack on the device in ``dtype``."""
+    numel = sum(p.numel() for p in model.parameters())
+    return float(numel * (4 + 4 + torch.empty((), dtype=dtype).element_size()))
 
 
 def _chunk_size(per_sample: float, budget: int, batch_size: int, probe) -> int:
     """Samples per backward pass: the batch size, fewer when twice the saved activations (saved
     tensors plus the gradients flowing back) would exceed the memory budget."""
-    if probe.settings.weights == "random" and not probe.use_vmap:
-        return 1
     return int(max(1, min(batch_size, budget // (2 * per_sample))))

@@ -12,16 +12,23 @@ number of axes in general), indexed by 0-based input pixel. Every metric states 
 Coordinates and units: positions are pixel indices (pixel ``j`` covers ``[j - 0.5, j + 0.5]``),
 lengths are pixels, areas are fractions of the input area. A threshold that is never reached, an
 empty (all-zero) map or a fit that is undefined yields NaN, never an exception.
+
+The Gaussian fits live in :mod:`rflens.erf.gaussian`, the published read-outs (RepLKNet's area
+ratios, OpenERF's radial mass) in :mod:`rflens.erf.protocols`; :func:`compute_metrics` gathers all.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from rflens.erf.gaussian import (GAUSSIAN_R2, GaussianFit, fit_gaussian_1d, fit_gaussian_nd,
+                                 gaussian_fit, gaussian_shape, is_gaussian, normal_cdf)
+from rflens.erf.protocols import (OPENERF_RADII, REPLKNET_THRESHOLDS, box_sum, image_center,
+                                  radial_mass, replknet_area_ratios, summed_area)
 
 __all__ = [
     "MASS_LEVELS", "HCA_THRESHOLDS", "GaussianFit", "ERFMetrics", "marginals", "moments",
@@ -73,88 +80,6 @@ def moments(values: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
         means.append(mu)
         stds.append(math.sqrt(max(var, 0.0)))
     return tuple(means), tuple(stds)
-
-
-@dataclass(frozen=True)
-class GaussianFit:
-    """Least-squares fit of ``amplitude * exp(-(x - center)^2 / (2 sigma^2))`` to one axis marginal.
-
-    ``sigma`` and ``center`` are in pixels; ``amplitude`` is relative to a marginal scaled to sum 1;
-    ``r2`` is the coefficient of determination of the fit on that marginal (1 is perfect).
-    """
-
-    sigma: float
-    center: float
-    r2: float
-    amplitude: float
-
-
-_NAN_FIT = GaussianFit(NAN, NAN, NAN, NAN)
-
-
-def _gauss(x: np.ndarray, a: float, mu: float, s: float) -> np.ndarray:
-    return a * np.exp(-0.5 * ((x - mu) / s) ** 2)
-
-
-def _r2(y: np.ndarray, f: np.ndarray) -> float:
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    if ss_tot <= 0:
-        return NAN
-    return 1.0 - float(((y - f) ** 2).sum()) / ss_tot
-
-
-def fit_gaussian_1d(marginal: np.ndarray, iterations: int = 200) -> GaussianFit:
-    """Fit a Gaussian to a non-negative 1-D profile by Levenberg-Marquardt, started from its moments.
-
-    Profiles with fewer than three non-zero pixels get the moment estimates (``sigma`` may be 0).
-    """
-    y = np.asarray(marginal, dtype=np.float64)
-    total = y.sum()
-    if y.ndim != 1 or total <= 0 or not np.all(np.isfinite(y)):
-        return _NAN_FIT
-    y = y / total
-    x = np.arange(y.size, dtype=np.float64)
-    mu = float((x * y).sum())
-    s = math.sqrt(max(float(((x - mu) ** 2 * y).sum()), 0.0))
-    a = float(y.max())
-    if np.count_nonzero(y) < 3 or s < 1e-6:
-        f = _gauss(x, a, mu, s) if s > 0 else np.where(np.isclose(x, mu), a, 0.0)
-        return GaussianFit(s, mu, _r2(y, f), a)
-    a, mu, s = _levenberg_marquardt(x, y, np.array([a, mu, s]), iterations)
-    return GaussianFit(abs(s), mu, _r2(y, _gauss(x, a, mu, abs(s))), a)
-
-
-def _levenberg_marquardt(x: np.ndarray, y: np.ndarray, p: np.ndarray,
-                         iterations: int) -> tuple[float, float, float]:
-    lam = 1e-3
-
-    def cost(q: np.ndarray) -> float:
-        return float(((y - _gauss(x, *q)) ** 2).sum())
-
-    current = cost(p)
-    for _ in range(iterations):
-        a, mu, s = p
-        e = np.exp(-0.5 * ((x - mu) / s) ** 2)
-        jac = np.stack([e, a * e * (x - mu) / s**2, a * e * (x - mu) ** 2 / s**3], axis=1)
-        resid = y - a * e
-        jtj = jac.T @ jac
-        step = np.linalg.lstsq(jtj + lam * np.diag(np.diag(jtj) + 1e-30), jac.T @ resid, rcond=None)[0]
-        trial = p + step
-        if trial[2] != 0 and np.all(np.isfinite(trial)) and (new := cost(trial)) < current:
-            converged = current - new <= 1e-15 * max(current, 1e-300)
-            p, current, lam = trial, new, max(lam / 10, 1e-12)
-            if converged:
-                break
-        else:
-            lam *= 10
-            if lam > 1e12:
-                break
-    return float(p[0]), float(p[1]), float(p[2])
-
-
-def gaussian_fit(values: np.ndarray) -> tuple[GaussianFit, ...]:
-    """Per-axis Gaussian fits to the axis marginals of the map (raw scaling)."""
-    return tuple(fit_gaussian_1d(y) for y in marginals(values))
 
 
 def _quantile(y: np.ndarray, q: float) -> float:
@@ -223,22 +148,6 @@ def reference_pixel(values: np.ndarray, center: tuple[float, ...] | None = None)
     return tuple(pix)
 
 
-def _summed_area(m: np.ndarray) -> np.ndarray:
-    sat = np.pad(m, [(1, 0)] * m.ndim)
-    for ax in range(m.ndim):
-        sat = np.cumsum(sat, axis=ax)
-    return sat
-
-
-def _box_sum(sat: np.ndarray, lo: list[int], hi: list[int]) -> float:
-    total = 0.0
-    for corner in itertools.product((0, 1), repeat=len(lo)):
-        idx = tuple(hi[a] + 1 if c else lo[a] for a, c in enumerate(corner))
-        sign = (-1) ** (len(lo) - sum(corner))
-        total += sign * sat[idx]
-    return total
-
-
 def high_contribution_area(values: np.ndarray, t: float, center: tuple[int, ...] | None = None,
                            scaling: str = "raw") -> tuple[int | None, float]:
     """RepLKNet's high-contribution area ratio: the smallest centred square (cube in 3-D) of odd side
@@ -255,12 +164,12 @@ def high_contribution_area(values: np.ndarray, t: float, center: tuple[int, ...]
     if total <= 0:
         return None, NAN
     c = list(reference_pixel(m) if center is None else center)
-    sat = _summed_area(m)
+    sat = summed_area(m)
     reach = max(max(ci, n - 1 - ci) for ci, n in zip(c, m.shape))
     for i in range(reach + 1):
         lo = [max(ci - i, 0) for ci in c]
         hi = [min(ci + i, n - 1) for ci, n in zip(c, m.shape)]
-        if _box_sum(sat, lo, hi) > t * total:
+        if box_sum(sat, lo, hi) > t * total:
             area = math.prod(h - l + 1 for l, h in zip(lo, hi))
             return 2 * i + 1, area / m.size
     return None, NAN
@@ -269,10 +178,6 @@ def high_contribution_area(values: np.ndarray, t: float, center: tuple[int, ...]
 def log_scale(values: np.ndarray) -> np.ndarray:
     """RepLKNet's scaling ``log10(x + 1)`` (applied to the per-sample mean map)."""
     return np.log10(_as_map(values) + 1.0)
-
-
-def _normal_cdf(z: float) -> float:
-    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
 def gaussian_outside_fraction(fits: tuple[GaussianFit, ...], shape: tuple[int, ...]) -> float:
@@ -285,8 +190,8 @@ def gaussian_outside_fraction(fits: tuple[GaussianFit, ...], shape: tuple[int, .
         if fit.sigma == 0:
             inside *= 1.0 if -0.5 <= fit.center <= n - 0.5 else 0.0
             continue
-        inside *= (_normal_cdf((n - 0.5 - fit.center) / fit.sigma)
-                   - _normal_cdf((-0.5 - fit.center) / fit.sigma))
+        inside *= float(normal_cdf((n - 0.5 - fit.center) / fit.sigma)
+                        - normal_cdf((-0.5 - fit.center) / fit.sigma))
     return float(min(max(1.0 - inside, 0.0), 1.0))
 
 
@@ -301,23 +206,38 @@ def box_outside_fraction(box: tuple[tuple[int, int], ...], shape: tuple[int, ...
     return 1.0 - inside
 
 
+NOT_GAUSSIAN = "not estimated: the map is not Gaussian"
+
+
 @dataclass(frozen=True)
 class ERFMetrics:
     """All ERF metrics of one map. Per-axis values are tuples in axis order (H, W for images).
 
-    - ``sigma``, ``center``, ``r2``: per-axis Gaussian fit to the axis marginals (raw scaling).
+    - ``sigma``, ``center``, ``r2``, ``amplitude``: per-axis Gaussian fit to the axis marginals (raw
+      scaling; ``amplitude`` as a share of the marginal's mass per pixel, so a plot can draw the
+      fit). ``gaussian``: whether those fits describe the map at all (every ``r2 >= 0.9``,
+      :func:`rflens.erf.gaussian.is_gaussian`); renderers print "not Gaussian" instead of σ otherwise.
+    - ``joint_sigma``, ``joint_center``, ``joint_amplitude``, ``joint_r2``: one joint fit of a
+      separable Gaussian to the whole map scaled to sum 1, R² on its pixels.
+    - ``gaussian_shaped``, ``excess_kurtosis``, ``shape_reason``: the "asymptotically Gaussian"
+      test (:func:`rflens.erf.gaussian.gaussian_shape`).
     - ``mean``, ``std``: centre of mass and standard deviation per axis (raw scaling).
     - ``reference_pixel``: the pixel centred squares are built around (the TRF centre of the probed
-      unit when known, else the centre of mass); ``radius_center``: the same point unrounded.
+      unit when known, else the centre of mass); ``radius_center``: the same point unrounded;
+      ``center_offset``: ``radius_center`` minus the input's centre ``(n - 1) / 2`` per axis.
     - ``mass_radius[p]``: Euclidean radius (pixels) around ``radius_center`` holding ``p`` (raw).
+    - ``radial_mass[r]``: share of the mass within ``r`` px of ``radius_center`` (OpenERF's radii).
     - ``extent[p]``: per-axis central interval holding ``p`` of the marginal mass (pixels, raw).
     - ``erf_trf_ratio``: per axis, ``extent[0.95] / TRF size`` (NaN without a TRF): the share of
       the theoretical field that holds the central 95 % of the ERF mass; 0.95 for a flat ERF that
       fills its TRF, shrinking like ``1/sqrt(n)`` for ``n`` stacked layers.
     - ``hca_raw[t]`` / ``hca_log10[t]`` and ``hca_side_*``: high-contribution area ratio (area of
-      the smallest centred square holding more than ``t`` of the mass / input area) on the raw and on
-      the ``log10(x + 1)`` map; the side in pixels.
-    - ``outside_fraction``: estimated share of ERF mass outside the input (see ``outside_method``).
+      the smallest centred square, clipped to the input, holding more than ``t`` of the mass /
+      input area) on the raw and on the ``log10(x + 1)`` map; the side in pixels.
+    - ``replknet[t]``: ``(side, area ratio)`` exactly as RepLKNet publishes it
+      (:func:`rflens.erf.protocols.replknet_area_ratios`), ``(None, nan)`` when never reached.
+    - ``outside_fraction``: estimated share of ERF mass outside the input (see ``outside_method``;
+      NaN with the method saying so when the map is not Gaussian).
     - ``trf_outside_fraction``: share of the TRF box's area that lies outside the input.
     """
 
@@ -339,20 +259,52 @@ class ERFMetrics:
     trf_outside_fraction: float
     outside_method: str = "gaussian-tail estimate"
     notes: dict[str, str] = field(default_factory=dict)
+    amplitude: tuple[float, ...] = ()
+    gaussian: bool = False
+    joint_sigma: tuple[float, ...] = ()
+    joint_center: tuple[float, ...] = ()
+    joint_amplitude: float = NAN
+    joint_r2: float = NAN
+    gaussian_shaped: bool = False
+    excess_kurtosis: tuple[float, ...] = ()
+    shape_reason: str = ""
+    center_offset: tuple[float, ...] = ()
+    radial_mass: dict[float, float] = field(default_factory=dict)
+    replknet: dict[float, tuple[int | None, float]] = field(default_factory=dict)
+
+    @property
+    def center_distance(self) -> float:
+        """Euclidean distance (pixels) from ``radius_center`` to the input's centre."""
+        return math.hypot(*self.center_offset) if self.center_offset else NAN
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN becomes None), each group stating its scaling."""
         return {
-            "gaussian": {"scaling": "raw; per-axis marginals, least-squares fit "
+            "gaussian": {"scaling": "raw; per-axis marginals scaled to sum 1, least-squares fit "
                                     "A*exp(-(x-center)^2/(2*sigma^2)); pixels",
                          "sigma": _clean(self.sigma), "center": _clean(self.center),
-                         "r2": _clean(self.r2)},
+                         "amplitude": _clean(self.amplitude), "r2": _clean(self.r2),
+                         "is_gaussian": self.gaussian,
+                         "criterion": f"every marginal fit has R^2 >= {GAUSSIAN_R2:g}"},
+            "gaussian_joint": {"scaling": "raw; whole map scaled to sum 1, separable axis-aligned "
+                                          "Gaussian fit; pixels", "sigma": _clean(self.joint_sigma),
+                               "center": _clean(self.joint_center),
+                               "amplitude": _clean(self.joint_amplitude), "r2": _clean(self.joint_r2)},
+            "gaussian_shape": {"gaussian_shaped": self.gaussian_shaped,
+                               "excess_kurtosis": _clean(self.excess_kurtosis),
+                               "reason": self.shape_reason},
             "moments": {"scaling": "raw; per-axis marginals as mass distributions; pixels",
                         "mean": _clean(self.mean), "std": _clean(self.std)},
             "reference_pixel": list(self.reference_pixel),
             "radius_center": _clean(self.radius_center),
+            "center_offset": {"definition": "radius_center minus the input centre (n-1)/2, pixels",
+                              "value": _clean(self.center_offset),
+                              "distance": _clean(self.center_distance)},
             "mass_radius": {"scaling": "raw; Euclidean radius in pixels around radius_center",
                             **{_pct(p): _clean(v) for p, v in self.mass_radius.items()}},
+            "radial_mass": {"scaling": "raw, sum 1; share within r pixels of radius_center "
+                                       "(OpenERF's radial cumulative mass)",
+                            **{f"{r:g}": _clean(v) for r, v in self.radial_mass.items()}},
             "extent": {"scaling": "raw; per-axis central interval of the marginal, pixels",
                        **{_pct(p): _clean(v) for p, v in self.extent.items()}},
             "erf_trf_ratio": {"definition": "per axis: 95%-mass central extent / TRF size",
@@ -366,6 +318,12 @@ class ERFMetrics:
                 "side_raw": {_pct(t): v for t, v in self.hca_side_raw.items()},
                 "side_log10": {_pct(t): v for t, v in self.hca_side_log10.items()},
             },
+            "replknet2022": {
+                "definition": "A = log10(M + 1) / max; smallest square of side 2i+1 (i >= 1) around "
+                              "reference_pixel, inside the input, holding more than t of A; side "
+                              "and side^2 / input area; null: never reached",
+                **{_pct(t): {"side": side, "area_ratio": _clean(ratio)}
+                   for t, (side, ratio) in self.replknet.items()}},
             "outside_fraction": {"method": self.outside_method, "value": _clean(self.outside_fraction)},
             "trf_outside_fraction": {"definition": "share of the unclipped TRF box area outside the input",
                                      "value": _clean(self.trf_outside_fraction)},
@@ -394,10 +352,13 @@ def compute_metrics(raw: np.ndarray, trf_size: tuple[int, ...] | None = None,
 
     ``center`` (pixels, e.g. the TRF centre of the probed unit) picks the reference pixel for
     radii and squares; default the centre of mass. ``outside_fraction`` overrides the Gaussian-tail
-    estimate (an analytic map knows its exact value).
+    estimate (an analytic map knows its exact value); without it, a map that is not Gaussian gets
+    NaN and ``outside_method`` says why.
     """
     m = _as_map(raw)
     fits = gaussian_fit(m)
+    joint = fit_gaussian_nd(m, fits)
+    shape = gaussian_shape(joint, marginals(m))
     mean, std = moments(m)
     ref = reference_pixel(m, center)
     radius_center = tuple(float(c) for c in (mean if center is None else center))
@@ -408,8 +369,14 @@ def compute_metrics(raw: np.ndarray, trf_size: tuple[int, ...] | None = None,
     else:
         ratio = tuple(NAN for _ in ratio)
     hca = {s: {t: high_contribution_area(m, t, ref, s) for t in HCA_THRESHOLDS} for s in ("raw", "log10")}
+    gaussian = is_gaussian(fits)
     if outside_fraction is None:
-        outside_fraction = gaussian_outside_fraction(fits, m.shape)
+        if gaussian:
+            outside_fraction = gaussian_outside_fraction(fits, m.shape)
+        else:
+            outside_fraction = NAN
+            r2 = ", ".join("nan" if not math.isfinite(f.r2) else f"{f.r2:.2f}" for f in fits)
+            outside_method = f"{NOT_GAUSSIAN} (marginal fit R² {r2} < {GAUSSIAN_R2:g})"
     return ERFMetrics(
         sigma=tuple(f.sigma for f in fits), center=tuple(f.center for f in fits),
         r2=tuple(f.r2 for f in fits), mean=mean, std=std, reference_pixel=ref,
@@ -423,6 +390,13 @@ def compute_metrics(raw: np.ndarray, trf_size: tuple[int, ...] | None = None,
         outside_fraction=float(outside_fraction),
         trf_outside_fraction=box_outside_fraction(trf_box, m.shape) if trf_box else NAN,
         outside_method=outside_method,
+        amplitude=tuple(f.amplitude for f in fits), gaussian=gaussian,
+        joint_sigma=joint.sigma, joint_center=joint.center, joint_amplitude=joint.amplitude,
+        joint_r2=joint.r2, gaussian_shaped=shape.gaussian, excess_kurtosis=shape.excess_kurtosis,
+        shape_reason=shape.reason,
+        center_offset=tuple(c - i for c, i in zip(radius_center, image_center(m.shape))),
+        radial_mass=radial_mass(m, radius_center, OPENERF_RADII),
+        replknet=replknet_area_ratios(m, ref, REPLKNET_THRESHOLDS),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import math
 from typing import Any
 
 import torch
@@ -16,17 +18,21 @@ from rflens.erf.inputs import sample_seed
 from rflens.erf.linear import linear_mode
 from rflens.erf.settings import _Settings
 from rflens.erf.weights import load_state_dict, redraw, uniformize
-from rflens.trf.instrument import LayerRef, run_to_layer
+from rflens.trf.instrument import LayerRef, run_to_layers
 
 class _Probe:
     """The model prepared for a run (a private copy whenever anything must change), and the step
     that turns a batch of inputs into a batch of reduced ERF maps with one backward pass."""
 
-    def __init__(self, model: nn.Module, layer: str | None, settings: _Settings,
+    def __init__(self, model: nn.Module, layer: str | None | list, settings: _Settings,
                  dtype: torch.dtype | None, device: torch.device, seed: int, unit: Any) -> None:
         self.original = model
-        self.requested_unit = unit
-        self.layer = layer
+        # several (layer, unit) targets share one forward pass: ``layer`` may be a list of layers,
+        # ``unit`` a list of unit specs (each "center", indices or "grid:GxG") applied to each layer
+        self.layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        self.unit_specs = list(unit) if _is_unit_list(unit) else [unit]
+        self.requested_unit = self.unit_specs[0]
+        self.layer = self.layers[0]
         self.settings = settings
         self.seed = seed
         self.device = device
@@ -37,7 +43,11 @@ class _Probe:
         self.notes: list[str] = []
         self.unit: tuple[int, ...] | None = None
         self.output_shape: tuple[int, ...] | None = None
+        self.output_shapes: list[tuple[int, ...]] | None = None
+        self.targets: list[tuple[int, tuple[int, ...]]] | None = None  # (layer index, unit)
         self.use_vmap = settings.weights == "random"
+        self.largest_pass = 0
+        self.underflow_risk = False
         self._modes: dict[nn.Module, bool] = {}
         self._grads: dict[nn.Parameter, bool] = {}
         self._prepare()
@@ -67,7 +77,8 @@ class _Probe:
         elif weights != "as-is":
             load_state_dict(model, weights)
         self.model = model
-        self.ref = LayerRef.parse(self.layer, model)
+        self.refs = [LayerRef.parse(layer, model) for layer in self.layers]
+        self.ref = self.refs[0]
         if weights == "random":
             self._template = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
@@ -88,28 +99,41 @@ class _Probe:
 
     # one batch -----------------------------------------------------------------------------------
     def maps(self, x: torch.Tensor, first_index: int) -> torch.Tensor:
-        """Reduced ERF maps ``(B, *spatial)`` in float64 on the CPU for the samples ``x``."""
+        """Reduced ERF maps ``(targets, B, *spatial)`` in float64 on the CPU for the samples ``x``
+        (sample ``i`` of ``x`` has global index ``first_index + i``)."""
+        if self.settings.weights == "random" and not self.use_vmap and x.shape[0] > 1:
+            return torch.cat([self.maps(x[i:i + 1], first_index + i) for i in range(x.shape[0])], dim=1)
+        self.largest_pass = max(self.largest_pass, int(x.shape[0]))
         x = x.to(device=self.device, dtype=self.dtype).requires_grad_(True)
         context = linear_mode() if self.settings.activations == "linear" else contextlib.nullcontext()
+        out = []
+        risk = False
         with context, torch.enable_grad():
-            y = self._forward(x, first_index)
-            self._check_output(y, x)
-            picked = y[(slice(None), slice(None)) + self.unit]
-            if self.settings.readout == "relu":
-                picked = F.relu(picked)
-            (grad,) = torch.autograd.grad(picked.sum(), x, allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(x)
-        maps = _reduce(grad.detach().to(torch.float64), self.settings.reduce)
-        self.underflow_risk = (self.auto_dtype and grad.dtype == torch.float32
-                               and _underflow_risk(maps, self.settings.reduce))
-        return maps.cpu()
+            ys = self._forward(x, first_index)
+            for y, layer in zip(ys, self.layers):
+                self._check_output(y, layer)
+            self._resolve_targets(ys)
+            for k, (layer_index, unit) in enumerate(self.targets):
+                picked = ys[layer_index][(slice(None), slice(None)) + unit]
+                if self.settings.readout == "relu":
+                    picked = F.relu(picked)
+                scalar = picked.mean(dim=1).sum() if self.settings.readout == "mean" else picked.sum()
+                last = k == len(self.targets) - 1
+                (grad,) = torch.autograd.grad(scalar, x, allow_unused=True, retain_graph=not last)
+                if grad is None:
+                    grad = torch.zeros_like(x)
+                maps = _reduce(grad.detach().to(torch.float64), self.settings.reduce)
+                risk = risk or (self.auto_dtype and grad.dtype == torch.float32
+                                and _underflow_risk(maps, self.settings.reduce))
+                out.append(maps.cpu())
+        self.underflow_risk = risk
+        return torch.stack(out)
 
-    def _forward(self, x: torch.Tensor, first_index: int) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, first_index: int) -> list[torch.Tensor]:
         if self.settings.weights == "random" and not self.use_vmap:
             self._load_draw(first_index)
         if not self.use_vmap:
-            return run_to_layer(self.model, self.ref, (x,))
+            return run_to_layers(self.model, self.refs, (x,))
         try:
             return self._vmapped_forward(x, first_index)
         except RflensError:
@@ -131,31 +155,42 @@ class _Probe:
         for n, p in self.model.named_parameters():
             p.copy_(draw[n])
 
-    def _vmapped_forward(self, x: torch.Tensor, first_index: int) -> torch.Tensor:
+    def _vmapped_forward(self, x: torch.Tensor, first_index: int) -> list[torch.Tensor]:
         from torch.func import functional_call, vmap
 
         draws = [self._draw(first_index + i) for i in range(x.shape[0])]
         params = {n: torch.stack([d[n] for d in draws]).to(device=self.device, dtype=self.dtype)
                   for n in draws[0]}
+        del draws
         buffers = dict(self.model.named_buffers())
 
-        def one(p: dict, sample: torch.Tensor) -> torch.Tensor:
+        def one(p: dict, sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
             call = lambda inp: functional_call(self.model, (p, buffers), (inp,))  # noqa: E731
-            return run_to_layer(self.model, self.ref, (sample.unsqueeze(0),), call)[0]
+            return tuple(y[0] for y in run_to_layers(self.model, self.refs, (sample.unsqueeze(0),), call))
 
-        return vmap(one)(params, x)
+        return list(vmap(one)(params, x))
 
-    def _check_output(self, y: torch.Tensor, x: torch.Tensor) -> None:
+    def _check_output(self, y: torch.Tensor, layer: str | None) -> None:
         if y.dim() < 3:
-            raise RflensError(f"layer '{self.layer}' outputs shape {tuple(y.shape)} with no spatial "
+            raise RflensError(f"layer '{layer}' outputs shape {tuple(y.shape)} with no spatial "
                               "axes; pick a convolutional layer before global pooling / flatten")
-        shape = tuple(y.shape[1:])
-        if self.output_shape is None:
-            self.output_shape = shape
-            self.unit = resolve_unit(self.requested_unit, shape[1:], self.layer)
         if not y.requires_grad:
-            raise RflensError(f"the output of layer '{self.layer}' does not depend on the input "
+            raise RflensError(f"the output of layer '{layer}' does not depend on the input "
                               "through autograd (detached or computed under no_grad)")
+
+    def target_count(self, ndim: int) -> int:
+        """How many (layer, unit) targets the specs name for ``ndim`` spatial axes."""
+        return len(self.layers) * sum(math.prod(grid_counts(spec, ndim) or [1])
+                                      for spec in self.unit_specs)
+
+    def _resolve_targets(self, ys: list[torch.Tensor]) -> None:
+        if self.targets is not None:
+            return
+        self.output_shapes = [tuple(y.shape[1:]) for y in ys]
+        self.targets = [(i, u) for i, (layer, shape) in enumerate(zip(self.layers, self.output_shapes))
+                        for spec in self.unit_specs for u in resolve_units(spec, shape[1:], layer)]
+        self.output_shape = self.output_shapes[0]
+        self.unit = self.targets[0][1]
 
 
 class _Retry(Exception):
@@ -167,7 +202,40 @@ def _reduce(grad: torch.Tensor, how: str) -> torch.Tensor:
         return grad.abs().sum(dim=1)
     if how == "relu":
         return F.relu(grad).sum(dim=1)
+    if how == "mean-relu":  # OpenERF: mean over input channels, then ReLU
+        return F.relu(grad.mean(dim=1))
     return (grad * grad).sum(dim=1)
+
+
+def _is_unit_list(unit: Any) -> bool:
+    """A list of unit specs (not one unit given as indices)."""
+    return isinstance(unit, list) and any(not isinstance(u, (int,)) for u in unit)
+
+
+def grid_counts(spec: Any, ndim: int) -> list[int] | None:
+    """The per-axis unit counts of a ``"grid:G"`` / ``"grid:GxH"`` spec (None for other specs)."""
+    if not (isinstance(spec, str) and spec.strip().lower().startswith("grid:")):
+        return None
+    try:
+        counts = [int(v) for v in spec.split(":", 1)[1].lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise RflensError(f"unit '{spec}' must look like grid:3 or grid:3x4") from None
+    return counts * ndim if len(counts) == 1 else counts
+
+
+def resolve_units(spec: Any, spatial: tuple[int, ...], layer: str | None) -> list[tuple[int, ...]]:
+    """The units one spec names: ``"grid:G"`` / ``"grid:GxH"`` is a grid of units, the centre unit
+    of each of ``G`` (``H``) equal bands per axis (index ``floor((i + 1/2) n / G)``; ``grid:1`` is
+    the centre unit); anything else is one unit (:func:`resolve_unit`)."""
+    counts = grid_counts(spec, len(spatial))
+    if counts is not None:
+        if len(counts) != len(spatial) or any(not 1 <= g <= n for g, n in zip(counts, spatial)):
+            raise RflensError(f"unit '{spec}' does not fit the output of layer '{layer}' (spatial "
+                              f"{'x'.join(map(str, spatial))}); give one count per axis, each at "
+                              "most that axis's size")
+        axes = [[int((i + 0.5) * n / g) for i in range(g)] for g, n in zip(counts, spatial)]
+        return [tuple(u) for u in itertools.product(*axes)]
+    return [resolve_unit(spec, spatial, layer)]
 
 
 def resolve_unit(unit: Any, spatial: tuple[int, ...], layer: str | None) -> tuple[int, ...]:

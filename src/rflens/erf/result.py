@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rflens.erf.gaussian import GAUSSIAN_R2
 from rflens.erf.metrics import ERFMetrics, compute_metrics
 
 SCHEMA_VERSION = 1
@@ -100,14 +101,32 @@ class ERFResult:
                 ("samples", str(self.samples)), ("method", self.method)]
         if self.trf:
             rows += [("TRF box (unclipped)", str(self.trf.box)), ("TRF size", _fmt_axes(self.trf.size))]
-        rows += [("Gaussian sigma (px)", _fmt_axes(m.sigma)), ("Gaussian R^2", _fmt_axes(m.r2)),
-                 ("std (px)", _fmt_axes(m.std))]
+        if m.gaussian:
+            rows += [("Gaussian sigma (px)", _fmt_axes(m.sigma)), ("Gaussian R^2", _fmt_axes(m.r2))]
+        else:
+            rows += [("Gaussian sigma (px)", f"not Gaussian (marginal fit R^2 {_fmt_axes(m.r2)} < "
+                                             f"{GAUSSIAN_R2:g})")]
+        rows += [("joint Gaussian fit R^2", _fmt(m.joint_r2)),
+                 ("Gaussian-shaped", ("yes: " if m.gaussian_shaped else "no: ") + m.shape_reason),
+                 ("std (px)", _fmt_axes(m.std)), ("centre of mass (px)", _fmt_axes(m.mean))]
+        if m.center_offset:
+            rows.append(("centre used / offset from input centre (px)",
+                         f"{_fmt_axes(m.radius_center)} / {_fmt_axes(m.center_offset)} "
+                         f"(distance {_fmt(m.center_distance)})"))
         rows += [(f"mass radius {p:.0%} (px)", _fmt(v)) for p, v in m.mass_radius.items()]
+        if m.radial_mass:
+            rows.append(("mass within r px (r: share)",
+                         ", ".join(f"{r:g}: {_fmt(v)}" for r, v in m.radial_mass.items())))
         rows += [("95% extent (px)", _fmt_axes(m.extent[0.95])),
                  ("ERF/TRF ratio (95% extent / TRF size)", _fmt_axes(m.erf_trf_ratio))]
         rows += [(f"area ratio t={t:.0%} raw / log10", f"{_fmt(m.hca_raw[t])} / {_fmt(m.hca_log10[t])}")
                  for t in m.hca_raw]
-        rows += [(f"mass outside input ({m.outside_method})", _fmt(m.outside_fraction)),
+        rows += [(f"RepLKNet r(t={t:g}): side / area ratio",
+                  "never reached inside the input" if side is None else f"{side} / {_fmt(ratio)}")
+                 for t, (side, ratio) in m.replknet.items()]
+        outside = (_fmt(m.outside_fraction) if math.isfinite(m.outside_fraction) else m.outside_method)
+        rows += [(f"mass outside input ({m.outside_method.split(' (')[0]})"
+                  if math.isfinite(m.outside_fraction) else "mass outside input", outside),
                  ("TRF area outside input", _fmt(m.trf_outside_fraction))]
         return rows
 

@@ -15,25 +15,30 @@ from rflens.errors import RflensError
 
 WEIGHTS = ("as-is", "random", "uniform")
 ACTIVATIONS = ("as-is", "linear")
-REDUCE = ("abs", "relu", "square")
-READOUT = ("sum", "relu")
+REDUCE = ("abs", "relu", "square", "mean-relu")
+READOUT = ("sum", "relu", "mean")
 OUTSIDE_WARN = 0.01
 
 DEFAULTS: dict[str, Any] = {"inputs": "noise", "samples": 64, "batch_size": 16, "weights": "as-is",
                             "activations": "as-is", "reduce": "abs", "readout": "sum",
-                            "input_shape": None}
+                            "input_shape": None, "transform": "auto"}
 PRESETS: dict[str, dict[str, Any]] = {
     # Luo et al. 2016: random inputs, random weights (a fresh draw per sample), the output gradient
     # set to 1 at the centre unit, |gradient|, averaged over 20 runs.
     "luo2016": {"inputs": "noise", "samples": 20, "weights": "random", "activations": "as-is",
                 "reduce": "abs", "readout": "sum"},
-    # Ding et al. 2022 (RepLKNet, erf/visualize_erf.py): 50 real images resized to 1024x1024, the
-    # model's own weights, relu(output) summed at the centre, relu(gradient) summed over channels,
-    # averaged per image; area ratios on log10(x + 1). rflens uses the bundled sample photos (or a
-    # folder you pass) instead of ImageNet-val.
+    # Ding et al. 2022 (RepLKNet, erf/visualize_erf.py and analyze_erf.py): 50 real images resized
+    # (not cropped) to 1024x1024, bicubic, ImageNet mean/std; the model's own weights; relu(output)
+    # summed at the centre unit; relu(gradient) summed over channels; the per-image maps averaged
+    # (NaN images skipped); area ratios on A = log10(mean + 1) / max (ERFMetrics.replknet). rflens
+    # uses the bundled sample photos (or a folder you pass) instead of ImageNet-val.
     "replknet2022": {"inputs": "samples", "samples": 50, "input_shape": (3, 1024, 1024),
                      "weights": "as-is", "activations": "as-is", "reduce": "relu", "readout": "relu",
-                     "batch_size": 4},
+                     "batch_size": 4, "transform": "resize"},
+    # OpenERF (Kim et al.; BMVC 2023 protocol): the model's own timm preprocessing, the mean of the
+    # unit's channels, the gradient averaged over input channels then ReLU, 1000 images.
+    "openerf": {"inputs": "samples", "samples": 1000, "weights": "as-is", "activations": "as-is",
+                "reduce": "mean-relu", "readout": "mean", "transform": "auto"},
 }
 
 
@@ -51,6 +56,7 @@ class _Settings:
     readout: str
     input_shape: Any
     preset: str | None
+    transform: Any = "auto"
 
 
 def _settings(preset: str | None, given: dict[str, Any]) -> _Settings:

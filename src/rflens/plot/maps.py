@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from rflens.erf.gaussian import GAUSSIAN_R2
 from rflens.errors import RflensError
 from rflens.plot.common import (BOX_COLOR, box_rect, clip_box, erf_parts, erf_title, figure_and_ax,
                                 new_figure, pixel_extent, text)
@@ -102,15 +103,22 @@ def erf_profiles(erf: Any, *, trf_box: Any = None, zoom: bool = False, title: st
                  axes: Sequence[Any] | None = None) -> Figure:
     """Per-axis ERF profiles: the marginal of the map along each axis (share of the total mass per
     input pixel, raw scaling), the least-squares Gaussian fit of :func:`rflens.erf.metrics.gaussian_fit`
-    (σ and R² in the legend), and the TRF bounds ``lo - 0.5`` / ``hi + 0.5`` of the probed unit
-    (unclipped; the input's outside is shaded when the TRF reaches past it). The x range covers the
-    input and the TRF; ``zoom=True``: only the TRF plus a 10 % margin."""
-    from rflens.erf.metrics import gaussian_fit, marginals
+    (σ and R² in the legend; read from an ``ERFResult``'s metrics, fitted here for other maps), and
+    the TRF bounds ``lo - 0.5`` / ``hi + 0.5`` of the probed unit (unclipped; the input's outside is
+    shaded when the TRF reaches past it). The x range covers the input and the TRF; ``zoom=True``:
+    only the TRF plus a 10 % margin."""
+    from rflens.erf.metrics import GaussianFit, gaussian_fit, marginals
 
     m, origin, box, desc = erf_parts(erf, trf_box)
     if m.sum() <= 0:
         raise RflensError("the ERF map is empty (all zero): nothing to profile")
-    profiles, fits = marginals(m), gaussian_fit(m)
+    metrics = getattr(erf, "metrics", None)
+    if metrics is not None and len(getattr(metrics, "amplitude", ())) == m.ndim:
+        fits = tuple(GaussianFit(*v) for v in zip(metrics.sigma, metrics.center, metrics.r2,
+                                                 metrics.amplitude))
+    else:
+        fits = gaussian_fit(m)
+    profiles = marginals(m)
     if axes is None:
         fig = new_figure((4.2 * m.ndim, 3.2))
         axes = fig.subplots(1, m.ndim, squeeze=False)[0]
@@ -141,7 +149,8 @@ def _profile_axis(ax: Any, k: int, ndim: int, share: np.ndarray, fit: Any, origi
         dense = np.linspace(lo_x, hi_x, 600)
         curve = fit.amplitude * np.exp(-0.5 * ((dense - origin - fit.center) / fit.sigma) ** 2)
         ax.plot(dense, curve, color="#d62728", linewidth=1.5, gid="gaussian-fit",
-                label=f"Gaussian σ={fit.sigma:.3g} px, R²={fit.r2:.3f}")
+                label=(f"Gaussian σ={fit.sigma:.3g} px, R²={fit.r2:.3f}" if fit.r2 >= GAUSSIAN_R2
+                       else f"Gaussian fit, R²={fit.r2:.3f}: not Gaussian"))
     if box is not None:
         for j, edge in enumerate((box[0] - 0.5, box[1] + 0.5)):
             ax.axvline(edge, color="k", linestyle="--", linewidth=1, gid="trf-bound",

@@ -225,3 +225,48 @@ def run_to_layer(model: nn.Module, ref: LayerRef, inputs: tuple, call: Callable 
                           f"not {ref.call}; 'rflens trf MODEL' lists every call")
     raise RflensError(f"layer '{ref.module}' is never called in the model's forward pass; pick "
                       "another layer ('rflens trf MODEL' lists them)")
+
+
+def run_to_layers(model: nn.Module, refs: list[LayerRef], inputs: tuple,
+                  call: Callable | None = None) -> list[torch.Tensor]:
+    """:func:`run_to_layer` for several layers in one forward pass: the outputs of ``refs`` (in that
+    order), the pass stopped as soon as the last of them has returned (the whole model runs when one
+    of them is the model itself)."""
+    if len(refs) == 1:
+        return [run_to_layer(model, refs[0], inputs, call)]
+    run = call or model
+    wanted: dict[str, dict[int, list[int]]] = {}
+    for i, ref in enumerate(refs):
+        if ref.module:
+            wanted.setdefault(ref.module, {}).setdefault(ref.call, []).append(i)
+    found: dict[int, torch.Tensor] = {}
+    need = sum(len(v) for calls in wanted.values() for v in calls.values())
+    whole = any(not ref.module for ref in refs)
+    handles, counts = [], {}
+
+    def make_hook(name: str):
+        def hook(_module, _args, output):
+            counts[name] = counts.get(name, 0) + 1
+            for i in wanted[name].get(counts[name], ()):
+                found[i] = select_output(output, refs[i])
+            if not whole and len(found) == need:
+                raise _Stop(None)
+        return hook
+
+    for name in wanted:
+        handles.append(model.get_submodule(name).register_forward_hook(make_hook(name)))
+    try:
+        out = run(*inputs)
+        for i, ref in enumerate(refs):
+            if not ref.module:
+                found[i] = select_output(out, ref)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [refs[i].name for i in range(len(refs)) if i not in found]
+    if missing:
+        raise RflensError(f"layer(s) {', '.join(missing)} never returned in the model's forward pass "
+                          "(or not that many calls); 'rflens trf MODEL' lists every layer and call")
+    return [found[i] for i in range(len(refs))]
