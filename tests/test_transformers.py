@@ -161,3 +161,27 @@ def test_torchvision_transformers_are_known(name) -> None:
     rf = rflens.receptive_field(model, (3, 224, 224))
     assert all(layer.known for layer in rf.layers), [l.name for l in rf.layers if not l.known][:3]
     assert rf["output"].is_global
+
+
+def test_erf_of_token_layers_probes_the_grid_token(vit, one_thread) -> None:
+    """(B, T, C) and (B, H, W, C) rows: the centre unit is a grid position, the readout sums the
+    features of that one token (never over tokens); the map covers the unit's own patch only."""
+    import numpy as np
+
+    from rflens.erf import effective_receptive_field
+
+    erf = effective_receptive_field(vit, "patch_embed", (3, 32, 32), samples=2, progress=False,
+                                    weights="as-is", dtype="float64")
+    assert erf.unit == (2, 2)
+    rows, cols = np.nonzero(erf.raw.sum(1))[0], np.nonzero(erf.raw.sum(0))[0]
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (16, 23, 16, 23)  # patch (2, 2): pixels 16..23
+    cls = effective_receptive_field(vit, "blocks.0", (3, 32, 32), samples=2, progress=False,
+                                    unit="cls", dtype="float64")
+    assert cls.unit == ("token:0",) and (cls.raw > 0).all()  # the class token attended to all
+    torch.manual_seed(0)
+    swin = SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=8, depths=(2,),
+                           num_heads=(1,), num_classes=0).double().eval()
+    erf = effective_receptive_field(swin, "layers.0.blocks.0", (3, 32, 32), samples=2, progress=False)
+    rows, cols = np.nonzero(erf.raw.sum(1))[0], np.nonzero(erf.raw.sum(0))[0]
+    assert erf.unit == (8, 8) and erf.trf.box == ((16, 23), (16, 23))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (16, 23, 16, 23)  # its 4x4-token window

@@ -41,6 +41,28 @@ __all__ = ["effective_receptive_field", "effective_receptive_fields", "trf_of_un
 
 # --- TRF of the probed unit -------------------------------------------------------------------------
 
+def _engine(model: nn.Module, input_shape: tuple[int, ...], cache: dict | None):
+    """The TRF engine's result for the model at this input (kept in ``cache``)."""
+    if cache is not None and "rf" in cache:
+        return cache["rf"]
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = first.dtype if first is not None else torch.float32
+    rf = receptive_field(model, example_inputs=torch.empty((1, *input_shape), dtype=dtype, device="meta"))
+    if cache is not None:
+        cache["rf"] = rf
+    return rf
+
+
+def _engine_row(model: nn.Module, input_shape: tuple[int, ...], layer: str | None, cache: dict):
+    """The engine's row of ``layer`` (its layout tells where a grid unit sits), or None."""
+    try:
+        rf = _engine(model, input_shape, cache)
+        name = LayerRef.parse(layer, model).name
+        return rf[name] if name in rf else None
+    except Exception:  # noqa: BLE001 - the ERF then reads the layer as (B, C, *spatial)
+        return None
+
+
 def trf_of_unit(model: nn.Module, input_shape: tuple[int, ...], layer: str | None,
                 unit: tuple[int, ...], cache: dict | None = None) -> tuple[TRFInfo | None, str | None]:
     """Ask the TRF engine for the probed unit's field (``cache``: a dict that keeps the engine's
@@ -48,16 +70,10 @@ def trf_of_unit(model: nn.Module, input_shape: tuple[int, ...], layer: str | Non
 
     Returns ``(info, None)``, or ``(None, reason)`` when the engine cannot give it; the ERF is still
     measured, only TRF-relative numbers become NaN."""
+    if isinstance(unit, str):
+        return None, f"unit {unit} is an extra token, no grid position; TRF-relative metrics are NaN"
     try:
-        if cache is not None and "rf" in cache:
-            rf = cache["rf"]
-        else:
-            first = next((p for p in model.parameters() if p.is_floating_point()), None)
-            dtype = first.dtype if first is not None else torch.float32
-            rf = receptive_field(model, example_inputs=torch.empty((1, *input_shape), dtype=dtype,
-                                                                   device="meta"))
-            if cache is not None:
-                cache["rf"] = rf
+        rf = _engine(model, input_shape, cache)
         name = LayerRef.parse(layer, model).name
         if name not in rf:
             return None, f"the TRF engine has no layer '{name}'; TRF-relative metrics are NaN"
@@ -245,6 +261,8 @@ def _measure_in(net, name, meta, layers, shape, units, settings, comm, requested
     checksum = _weights_checksum(net) if checkpoint or comm.active else None
     _check_same_model(comm, checksum)
     probe = _Probe(net, layers, settings, _resolve_dtype(dtype, settings), dev, seed, units)
+    cache: dict = {}
+    probe.rows = [_engine_row(net, shape, layer, cache) for layer in layers]
     fingerprint = {"model": name, "weights_checksum": checksum, "layers": layers,
                    "units": [str(u) for u in units], "input_shape": list(shape),
                    "inputs": source.description, "samples": count, "seed": seed,
@@ -263,7 +281,6 @@ def _measure_in(net, name, meta, layers, shape, units, settings, comm, requested
         probe.restore()
     if not report:  # a helper process of a spawned run: rank 0 reports
         return []
-    cache: dict = {}
     return [_result(acc, k, probe, source, settings, net, name, shape, layers, notes, samples, seed,
                     preset, dev, comm, cache)
             for k in range(len(probe.targets))]
@@ -302,7 +319,8 @@ def _result(acc, k, probe, source, settings, net, name, shape, layers, notes, sa
                      "dtype": str(probe.dtype).removeprefix("torch."), "seed": seed,
                      "preset": preset, "device": str(dev), "processes": comm.world}
     return build_result(acc.total[k] / used, model=name, layer=layer, input_shape=shape,
-                        output_shape=probe.output_shapes[layer_index], unit=unit, samples=used,
+                        output_shape=probe.output_shapes[layer_index],
+                        unit=(unit,) if isinstance(unit, str) else unit, samples=used,
                         method="gradient", settings=used_settings, trf=trf, notes=out,
                         samples_zero=zero, samples_skipped=skipped)
 

@@ -9,6 +9,7 @@ import itertools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +46,7 @@ class _Probe:
         self.output_shape: tuple[int, ...] | None = None
         self.output_shapes: list[tuple[int, ...]] | None = None
         self.targets: list[tuple[int, tuple[int, ...]]] | None = None  # (layer index, unit)
+        self.rows: list = []  # the TRF engine's row of each layer (its layout), when known
         self.use_vmap = settings.weights == "random"
         self.largest_pass = 0
         self.underflow_risk = False
@@ -114,7 +116,7 @@ class _Probe:
                 self._check_output(y, layer)
             self._resolve_targets(ys)
             for k, (layer_index, unit) in enumerate(self.targets):
-                picked = ys[layer_index][(slice(None), slice(None)) + unit]
+                picked = self._pick(ys[layer_index], layer_index, unit)
                 if self.settings.readout == "relu":
                     picked = F.relu(picked)
                 scalar = picked.mean(dim=1).sum() if self.settings.readout == "mean" else picked.sum()
@@ -170,6 +172,34 @@ class _Probe:
 
         return list(vmap(one)(params, x))
 
+    def _row(self, layer_index: int, y: torch.Tensor):
+        """The engine's row for a layer when it describes ``y`` (same layout, batch aside)."""
+        row = self.rows[layer_index] if layer_index < len(self.rows) else None
+        if row is None or not row.known or not row.layout or row.shape[1:] == ():
+            return None
+        if y.dim() != len(row.shape) or tuple(y.shape[1:]) != tuple(row.shape[1:]) \
+                or y.shape[0] % row.shape[0]:
+            return None
+        return row
+
+    def _pick(self, y: torch.Tensor, layer_index: int, unit) -> torch.Tensor:
+        """The features of ``unit`` for every sample: ``(B, features)``. Where the engine knows
+        the layer's layout, the unit is a grid position wherever it sits in the tensor (tokens
+        ``(B, T, C)``, channels-last ``(B, H, W, C)``, windows folded into the batch); else the
+        layout is read as ``(B, C, *spatial)``."""
+        row = self._row(layer_index, y)
+        if row is None:
+            if isinstance(unit, str):
+                raise RflensError(f"unit '{unit}' needs a token dimension the TRF engine can follow")
+            return y[(slice(None), slice(None)) + unit].reshape(y.shape[0], -1)
+        idx = row.locate(unit)
+        per_sample = row.shape[0]
+        batch = y.shape[0] // per_sample
+        grids = np.ix_(np.arange(batch), idx[0], *idx[1:])
+        first = torch.as_tensor(grids[0] * per_sample + grids[1], device=y.device)
+        index = (first,) + tuple(torch.as_tensor(g, device=y.device) for g in grids[2:])
+        return y[index].reshape(batch, -1)
+
     def _check_output(self, y: torch.Tensor, layer: str | None) -> None:
         if y.dim() < 3:
             raise RflensError(f"layer '{layer}' outputs shape {tuple(y.shape)} with no spatial "
@@ -187,8 +217,10 @@ class _Probe:
         if self.targets is not None:
             return
         self.output_shapes = [tuple(y.shape[1:]) for y in ys]
-        self.targets = [(i, u) for i, (layer, shape) in enumerate(zip(self.layers, self.output_shapes))
-                        for spec in self.unit_specs for u in resolve_units(spec, shape[1:], layer)]
+        grids = [row.grid if (row := self._row(i, y)) is not None else tuple(y.shape[2:])
+                 for i, y in enumerate(ys)]
+        self.targets = [(i, u) for i, (layer, grid) in enumerate(zip(self.layers, grids))
+                        for spec in self.unit_specs for u in resolve_units(spec, grid, layer)]
         self.output_shape = self.output_shapes[0]
         self.unit = self.targets[0][1]
 
@@ -238,9 +270,13 @@ def resolve_units(spec: Any, spatial: tuple[int, ...], layer: str | None) -> lis
     return [resolve_unit(spec, spatial, layer)]
 
 
-def resolve_unit(unit: Any, spatial: tuple[int, ...], layer: str | None) -> tuple[int, ...]:
+def resolve_unit(unit: Any, spatial: tuple[int, ...], layer: str | None) -> tuple[int, ...] | str:
+    """``"center"`` (index ``n // 2`` per axis of the layer's grid), indices, or ``"cls"`` /
+    ``"token:K"`` (an extra token of a token dimension: the class token is ``token:0``)."""
     if unit is None or unit == "center" or unit == "centre":
         return tuple(n // 2 for n in spatial)
+    if isinstance(unit, str) and (unit == "cls" or unit.startswith("token:")):
+        return "token:0" if unit == "cls" else unit
     if isinstance(unit, str):
         try:
             unit = tuple(int(v) for v in unit.replace("x", ",").split(","))

@@ -148,13 +148,39 @@ class LayerField:
         dimension such as batch or channels; the one token or position of the unit along a
         dimension that carries an axis). ``y[np.ix_(*layer.locate(unit))]`` holds the unit's
         features — in ``(B, C, H, W)``, ``(B, H, W, C)`` and token layouts ``(B, 1 + H*W, C)``
-        alike."""
+        alike. ``unit`` may also be ``"token:K"``: the K-th extra token of a token dimension (the
+        class token is ``token:0``)."""
+        if isinstance(unit, str) and unit.startswith("token:"):
+            return self._locate_token(int(unit.split(":", 1)[1]))
         unit = self._check_unit(unit)
         if not self.layout:
             raise RflensError(f"layer {self.name!r} has no recorded layout")
         dims, axis_units = self.layout
         whole = tuple(u if units is None else units[u] for u, units in zip(unit, axis_units))
         return tuple(_dim_indices(parts, whole) for parts in dims)
+
+    def _locate_token(self, k: int) -> tuple[np.ndarray, ...]:
+        dims, _ = self.layout if self.layout else ((), ())
+        out, found = [], False
+        for parts in dims:
+            idx = np.zeros(1, dtype=np.int64)
+            for part in parts:
+                if part[0] == "tokens":
+                    _, before, after, grid = part
+                    grid_size = int(np.prod([p[1] for p in grid]))
+                    if not 0 <= k < before + after:
+                        raise RflensError(f"layer {self.name!r} has {before + after} extra token(s); "
+                                          f"token:{k} is not one of them")
+                    own, size, found = np.array([k if k < before else grid_size + k]), before + after + grid_size, True
+                elif part[0] == "plain":
+                    own, size = np.arange(part[1]), part[1]
+                else:
+                    raise RflensError(f"layer {self.name!r} carries an axis outside its token dimension")
+                idx = (idx[:, None] * size + own[None, :]).ravel()
+            out.append(idx)
+        if not found:
+            raise RflensError(f"layer {self.name!r} has no token dimension with extra tokens")
+        return tuple(out)
 
     def units_seeing(self, pixel) -> tuple[tuple[int, int], ...] | None:
         """Per axis, the inclusive range of units whose (exact) field contains ``pixel`` (the
