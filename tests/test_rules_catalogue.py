@@ -169,6 +169,7 @@ def _cases() -> list[Case]:
         Case("in-place views", Fn(lambda x: x.clone().unsqueeze_(0).squeeze_(0).transpose_(2, 3)
                                   .transpose(2, 3) + x.detach()), (1, 4, 5)),
         Case("as_strided", Fn(lambda x: x.as_strided((x.shape[0], 1, 3, 4), (20, 20, 5, 1), 1)), (1, 4, 5)),
+        Case("roll", Fn(lambda x: torch.roll(x, shifts=(1, -2), dims=(2, 3)) + x), (1, 5, 6)),
         Case("dtype round trip", Fn(lambda x: x.float().double() + torch.clamp_min(x, 0.1)
                                     + torch.clamp_max(x, 9.0)), (1, 4, 5)),
         Case("new tensors", Fn(lambda x: x * (x.new_ones(x.shape) + x.new_full(x.shape, 2.0)
@@ -225,9 +226,7 @@ def _units(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     return list(itertools.product(*(range(n) for n in shape[2:])))
 
 
-KNOWN_WRONG = {"slice assignment": "a slice assignment keeps the overwritten region's old paths "
-                                   "(union instead of replacement)",
-               "as_strided": "as_strided is followed only when it cannot move spatial data"}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_WRONG[c.name],

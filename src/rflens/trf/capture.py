@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.weak import WeakIdKeyDictionary
+from torch.utils._pytree import tree_flatten, tree_map
 
 from rflens.errors import RflensError
+from rflens.trf.aliasing import layout, placement
 from rflens.trf.instrument import ModuleTracker, eval_mode, meta_state, output_items
 from rflens.trf.rules import lookup
 from rflens.trf.rules.registry import SCHEMAS
@@ -70,9 +70,19 @@ class ModuleOutput:
 class Capture:
     nodes: list[Node]
     modules: list[ModuleOutput]
-    inputs: list[TensorRef]
+    inputs: list[TensorRef]       # every tensor among the inputs (nested lists/dicts flattened)
     path: str                     # "meta" or "cpu"
     notes: list[str] = field(default_factory=list)
+    stopped: str | None = None    # why the recording ends before the model's end (partial capture)
+
+
+class CaptureError(Exception):
+    """The model failed while being captured: ``partial`` holds what was recorded until then,
+    ``op``/``module`` where it failed, ``error`` the exception."""
+
+    def __init__(self, partial: Capture, op: str, module: str, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.partial, self.op, self.module, self.error = partial, op, module, error
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class _OpInfo:
     mutable: bool
     view: bool
     shortcut: object  # shape-only replacement of the meta kernel, or None
+    outs: frozenset   # names of out= arguments
 
 
 class _Recorder(TorchDispatchMode):
@@ -102,11 +113,16 @@ class _Recorder(TorchDispatchMode):
         self.origin: list[str] = []
         self.meta = False
         self.muted = 0  # > 0 while a composite runs: its inner ops are not recorded
-        self.view_parent = WeakIdKeyDictionary()  # view tensor -> (tensor it was taken from, node)
+        self.current = ("", "")  # the op being dispatched and its module (named when one fails)
+        self.alias_refs: dict[int, list[weakref.ref]] = {}  # id(storage root) -> tensors on it
 
     def track(self, t: torch.Tensor) -> TensorRef:
         ref = TensorRef(self.next_id, tuple(t.shape))
+        known = self.ids.get(id(t))
         self.ids[id(t)] = (ref.id, weakref.ref(t))
+        if known is None or known[1]() is not t:  # a tensor seen for the first time: note its storage
+            root = t._base if t._base is not None else t
+            self.alias_refs.setdefault(id(root), []).append(weakref.ref(t))
         self.next_id += 1
         return ref
 
@@ -139,7 +155,8 @@ class _Recorder(TorchDispatchMode):
                            for a in func._schema.arguments)
             info = self.info[func] = _OpInfo(packet, func._overloadname, tags, schema,
                                              lookup(packet, tags) is not None, func._schema.is_mutable,
-                                             func.is_view, shortcut(func))
+                                             func.is_view, shortcut(func),
+                                             frozenset(a.name for a in func._schema.arguments if a.is_out))
         return info
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -147,12 +164,14 @@ class _Recorder(TorchDispatchMode):
         if self.muted or not any(self.version(t) is not None for t in _tensors(args, kwargs)):
             return func(*args, **kwargs)
         info = self.info_of(func)
+        self.current = (info.name, self.stack[-1] if self.stack else "")
         if not info.has_rule:
             decomposed = self._decompose(func, args, kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
         arg_refs = tuple(self._refs(a) for a in args)
-        kwarg_refs = {k: self._refs(v) for k, v in kwargs.items()} if kwargs else {}
+        kwarg_refs = {k: (TensorRef(None, tuple(v.shape)) if k in info.outs else self._refs(v))
+                      for k, v in kwargs.items()} if kwargs else {}  # out= is written, not read
         out = NotImplemented
         if self.meta and info.shortcut is not None:
             out = info.shortcut(*args, **kwargs)
@@ -160,16 +179,16 @@ class _Recorder(TorchDispatchMode):
             out = func(*args, **kwargs)
         outs = _flat_tensors(out)
         refs = tuple(self.track(t) for t in outs)
+        if info.name in _STRIDED_VIEWS and outs and isinstance(args[0], torch.Tensor):
+            x = args[0]  # where the view's elements sit in its source, from strides and offsets
+            root = x._base if x._base is not None else x
+            kwarg_refs["placement"] = placement(layout(x), layout(outs[0]), layout(root))
         node = Node(len(self.nodes), info.name, info.overload, arg_refs, kwarg_refs,
                     refs, self.stack[-1] if self.stack else "", info.tags,
                     self.origin[0] if self.origin else "", info.schema)
         self.nodes.append(node)
         if info.mutable:
             self._write_back(node, outs)
-        elif outs and info.view:
-            source = next((t for t in _tensors(args, kwargs)), None)
-            if source is not None:
-                self.view_parent[outs[0]] = (source, node)
         return out
 
     def composite(self, name: str, run, args: tuple) -> object:
@@ -199,30 +218,33 @@ class _Recorder(TorchDispatchMode):
             self.origin.pop()
 
     def _write_back(self, node: Node, outs: list[torch.Tensor]) -> None:
-        """An in-place op on a view also changed its base: record a new version of the base."""
-        for t in outs:
-            base = t._base
-            if base is None:
-                continue
-            old = self.ref(base)
-            view = self.ref(t)
-            new = self.track(base)
-            self.nodes.append(Node(len(self.nodes), INPLACE_WRITEBACK, "", (old, view),
-                                   {"chain": self._chain(t, base)}, (new,), node.module, frozenset(),
-                                   schema=_pseudo_schema(INPLACE_WRITEBACK)))
+        """An in-place write changed every tensor sharing the written tensor's storage — its base
+        and any view of it taken earlier: each gets a new version, the written elements placed
+        inside it by sizes, strides and storage offsets (:mod:`rflens.trf.aliasing`)."""
+        for w in outs:
+            root = w._base if w._base is not None else w
+            new_w = self.ref(w)
+            for t in self._aliases(root):
+                if t is w:
+                    continue
+                place = placement(layout(w), layout(t), layout(root))
+                if place == ():
+                    continue  # no element in common
+                old = self.ref(t)
+                new = self.track(t)
+                self.nodes.append(Node(len(self.nodes), INPLACE_WRITEBACK, "", (old, new_w),
+                                       {"placement": place}, (new,), node.module, frozenset(),
+                                       schema=_pseudo_schema(INPLACE_WRITEBACK)))
 
-    def _chain(self, view: torch.Tensor, base: torch.Tensor) -> tuple | None:
-        """The view ops (name, args) that lead from ``base`` to ``view``, base first; None when
-        the path is unknown."""
-        steps = []
-        cur = view
-        while cur is not base:
-            entry = self.view_parent.get(cur)
-            if entry is None:
-                return None
-            cur, node = entry
-            steps.append((node.name, tuple(a for a in node.args[1:])))
-        return tuple(reversed(steps))
+    def _aliases(self, root: torch.Tensor) -> list[torch.Tensor]:
+        """The live tracked tensors that share ``root``'s storage (``root`` included)."""
+        refs = self.alias_refs.get(id(root), [])
+        alive = [t for t in (r() for r in refs) if t is not None]
+        self.alias_refs[id(root)] = [weakref.ref(t) for t in alive]
+        return [t for t in alive if (t._base if t._base is not None else t) is root]
+
+
+_STRIDED_VIEWS = {"as_strided", "as_strided_copy"}
 
 
 def _pseudo_schema(name: str) -> tuple:
@@ -299,44 +321,71 @@ def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> C
     recorder.stack = tracker.stack
     if device == "meta":
         state = meta_state(model)
-        inputs = tuple(torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t
-                       for t in inputs)
-    with ExitStack() as stack:
-        stack.enter_context(eval_mode(model))
-        stack.enter_context(tracker)
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        recorder.meta = device == "meta"
-        stack.enter_context(recorder)
-        stack.enter_context(_Composites(recorder))
-        input_refs = [recorder.track(t) for t in inputs if isinstance(t, torch.Tensor)]
-        if device == "meta":
-            torch.func.functional_call(model, state, inputs, strict=False, tie_weights=True)
-        else:
-            model(*inputs)
+        inputs = tree_map(lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor)
+                          else t, tuple(inputs))
+    input_refs: list[TensorRef] = []
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(eval_mode(model))
+            stack.enter_context(tracker)
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            recorder.meta = device == "meta"
+            stack.enter_context(recorder)
+            stack.enter_context(_Composites(recorder))
+            input_refs = [recorder.track(t) for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
+            if device == "meta":
+                torch.func.functional_call(model, state, inputs, strict=False, tie_weights=True)
+            else:
+                model(*inputs)
+    except Exception as exc:
+        op, module = recorder.current
+        partial = Capture(recorder.nodes, module_events, input_refs, device)
+        raise CaptureError(partial, op, module, exc) from exc
     return Capture(recorder.nodes, module_events, input_refs, device)
 
 
+_META_ONLY = ("meta", "data-dependent", "nonzero", "_local_scalar_dense", "item()", "fake value")
+
+
 def capture_with_fallback(model: torch.nn.Module, inputs: tuple) -> Capture:
-    """Capture on meta tensors; if the model cannot run on meta (data-dependent control flow,
-    ``.item()``, ops without meta kernels), run it for real on CPU at batch 1 and say so."""
+    """Capture on meta tensors. When the model cannot run there because it reads tensor values
+    (``.item()``, ``nonzero``, data-dependent shapes), mixes in tensors it made on the CPU, or an op
+    has no meta kernel (errors that name the meta device or are NotImplementedError), run it for real
+    on CPU at batch 1 and say so (the fields are those of the branch that input took). When that
+    fails too, keep what was recorded before the failing op (a detector's backbone and feature
+    pyramid before its box post-processing) and say where the analysis stopped. Any other failure
+    (a wrong or too small input) is reported at once, with the op and module that raised it."""
     try:
         return capture(model, inputs, device="meta")
-    except Exception as meta_error:  # noqa: BLE001 - any failure on meta triggers the fallback
-        real = tuple(torch.rand(t.shape, dtype=t.dtype if t.is_floating_point() else torch.float32,
-                                device=_device_of(model))
-                     if isinstance(t, torch.Tensor) else t for t in inputs)
+    except CaptureError as meta:
+        text = str(meta.error).splitlines()[0][:200] if str(meta.error) else ""
+        where = f"aten.{meta.op} in module {meta.module or '(root)'}" if meta.op else "the model"
+        message = str(meta.error).lower()
+        if not isinstance(meta.error, NotImplementedError) and not any(k in message for k in _META_ONLY):
+            raise RflensError(f"the model failed to run on the given input at {where}: "
+                              f"{type(meta.error).__name__}: {text} (check the input shape and that "
+                              "the model runs on it)") from meta.error
+        real = tree_map(lambda t: torch.rand(t.shape, dtype=t.dtype if t.is_floating_point() else torch.float32,
+                                             device=_device_of(model))
+                        if isinstance(t, torch.Tensor) else t, tuple(inputs))
         try:
             cap = capture(model, real, device="cpu")
-        except Exception as cpu_error:
-            raise RflensError(
-                f"the model failed to run on the given input: {type(cpu_error).__name__}: "
-                f"{str(cpu_error).splitlines()[0] if str(cpu_error) else ''} "
-                "(check the input shape and that the model runs on it)") from cpu_error
-        cap.notes.append(f"the model could not run on meta tensors ({type(meta_error).__name__}: "
-                         f"{str(meta_error).splitlines()[0][:200] if str(meta_error) else ''}); "
-                         "ran it for real on batch-1 random input instead")
+        except CaptureError as cpu:
+            if not meta.partial.nodes:
+                raise RflensError(f"the model failed to run on the given input at {where}: "
+                                  f"{type(meta.error).__name__}: {text}; on the CPU too: "
+                                  f"{type(cpu.error).__name__}: {str(cpu.error).splitlines()[0][:160]}") \
+                    from cpu.error
+            cap = meta.partial
+            cap.stopped = (f"the analysis stopped at {where}, which cannot run without real data "
+                           f"({type(meta.error).__name__}: {text[:120]}), and the model failed on "
+                           f"random data too ({type(cpu.error).__name__}); rows after it are missing")
+            return cap
+        cap.notes.append(f"the model reads tensor values at {where} ({type(meta.error).__name__}: "
+                         f"{text}): it ran for real on batch-1 random input instead, so its control "
+                         "flow — and the fields — are those of the branch that input took")
         return cap
 
 

@@ -6,6 +6,7 @@ import gc
 from typing import Sequence
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from rflens.errors import RflensError, UnsupportedOpError
 from rflens.geometry.fields import TensorField, Tokens, axis_factors, enumerate_units
@@ -16,25 +17,34 @@ from rflens.trf.too_small import explain_too_small
 
 
 def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
-                    example_inputs=None, ops: bool = False, strict: bool = False,
-                    name: str | None = None) -> ReceptiveField:
+                    example_inputs=None, spatial_inputs: Sequence[int] | None = None,
+                    ops: bool = False, strict: bool = False, name: str | None = None) -> ReceptiveField:
     """Exact theoretical receptive field of every layer of ``model``.
 
     ``input_shape``: one input without the batch dimension, ``(C, *spatial)`` — e.g.
-    ``(3, 224, 224)``; the model runs on batch 1. Alternatively ``example_inputs``: a tensor or a
-    tuple of positional inputs (the first tensor's dimensions after the first two are spatial).
+    ``(3, 224, 224)``; the model runs on batch 1 in the model's own dtype. Alternatively
+    ``example_inputs``: a tensor, or a tuple of positional inputs (lists and dicts of tensors
+    inside it are fine). Fields are in the pixels of the *image inputs*: ``spatial_inputs`` lists
+    which tensors carry the grid (indices among all input tensors in order, nested ones
+    flattened); by default the first tensor and every tensor with its rank and spatial sizes (two
+    images of optical flow, a mask beside its image). Other tensors — a timestep, a class label, a
+    conditioning vector — are read as constants: they add no dependency on pixels. The first
+    image input's dimensions after batch and channels are spatial.
+
     ``ops=True`` adds one row per aten op. ``strict=True`` raises :class:`UnsupportedOpError` if
     any op has no rule. The model is not modified (it runs on meta copies of its weights, in eval
     mode; its train/eval flags are restored).
     """
     inputs = _inputs(model, input_shape, example_inputs)
-    first = next(t for t in inputs if isinstance(t, torch.Tensor))
+    tensors = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
+    spatial = _spatial_inputs(tensors, spatial_inputs)
+    first = tensors[spatial[0]]
     n_spatial = first.dim() - 2
     if n_spatial < 1:
         raise RflensError(f"input shape {tuple(first.shape[1:])} has no spatial axis; give "
                           "(channels, *spatial), e.g. 3x224x224")
     label = name or type(model).__name__
-    cap, analysis = trace(model, inputs, n_spatial)
+    cap, analysis = trace(model, inputs, n_spatial, spatial)
     result = _build(cap, analysis, label, tuple(first.shape), ops)
     if strict and result.unsupported_ops:
         u = result.unsupported_ops[0]
@@ -44,7 +54,19 @@ def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = 
     return result
 
 
-def trace(model: torch.nn.Module, inputs: tuple, n_spatial: int) -> tuple[Capture, Analysis]:
+def _spatial_inputs(tensors: list[torch.Tensor], chosen: Sequence[int] | None) -> list[int]:
+    if chosen is not None:
+        chosen = [int(k) for k in chosen]
+        if not chosen or any(not 0 <= k < len(tensors) for k in chosen):
+            raise RflensError(f"spatial_inputs {chosen} must name input tensors 0..{len(tensors) - 1}")
+        return chosen
+    first = tensors[0]
+    return [k for k, t in enumerate(tensors)
+            if t.dim() == first.dim() and tuple(t.shape[2:]) == tuple(first.shape[2:])]
+
+
+def trace(model: torch.nn.Module, inputs: tuple, n_spatial: int,
+          spatial: Sequence[int] | None = None) -> tuple[Capture, Analysis]:
     """Capture ``model(*inputs)`` and give every captured tensor its field (the engine's first two
     steps; :mod:`rflens.dense` and :mod:`rflens.tile` read the op graph from here). An input too
     small for the model is explained (failing layer, minimum size)."""
@@ -52,7 +74,7 @@ def trace(model: torch.nn.Module, inputs: tuple, n_spatial: int) -> tuple[Captur
     gc.disable()  # a collection in the middle of capture walks the whole model: pure overhead
     try:
         cap = capture_with_fallback(model, inputs)
-        return cap, analyse(cap, n_spatial)
+        return cap, analyse(cap, n_spatial, spatial)
     except RflensError as exc:
         explain_too_small(model, inputs, exc)
         raise
@@ -68,7 +90,7 @@ def _inputs(model: torch.nn.Module, input_shape, example_inputs) -> tuple:
         if isinstance(example_inputs, torch.Tensor):
             return (example_inputs,)
         inputs = tuple(example_inputs)
-        if not any(isinstance(t, torch.Tensor) for t in inputs):
+        if not any(isinstance(t, torch.Tensor) for t in tree_flatten(inputs)[0]):
             raise RflensError("example_inputs holds no tensor")
         return inputs
     shape = tuple(int(s) for s in input_shape)
@@ -157,7 +179,7 @@ def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool)
                 if row is not None:
                     rows.append((node.index + 1, -1, row))
     rows.sort(key=lambda r: (r[0], r[1]))
-    warnings = list(cap.notes)
+    warnings = ([cap.stopped] if cap.stopped else []) + list(cap.notes)
     for issue in analysis.alignment:
         warnings.append(issue.describe())
     for u in analysis.unsupported:

@@ -4,6 +4,7 @@ and collect what must be reported (ops without a rule, non-aligned merges, rule 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -80,13 +81,16 @@ def _consistent(f: TensorField | None, shape: tuple[int, ...]) -> bool:
     return len(f.dims) == len(shape) and all(dim_size(d) == s for d, s in zip(f.dims, shape))
 
 
-def analyse(cap: Capture, n_spatial: int) -> Analysis:
-    """Give every captured tensor its field, in execution order."""
+def analyse(cap: Capture, n_spatial: int, spatial: Sequence[int] | None = None) -> Analysis:
+    """Give every captured tensor its field, in execution order. ``spatial``: which inputs (by
+    position among the captured input tensors) carry the image grid (default all); the others are
+    constants."""
     result = Analysis(fields={})
     fields = result.fields
-    for ref in cap.inputs:
-        fields[ref.id] = input_field(ref.shape, n_spatial)
-        result.producers[ref.id] = "input"
+    for k, ref in enumerate(cap.inputs):
+        if spatial is None or k in spatial:
+            fields[ref.id] = input_field(ref.shape, n_spatial)
+            result.producers[ref.id] = "input"
     unsupported: dict[tuple[str, str, str], int] = {}
     for node in cap.nodes:
         outs = _apply(node, fields, unsupported, result)

@@ -13,8 +13,9 @@ import numpy as np
 from rflens.geometry.axis import AxisMap, explicit_reads, union
 from rflens.geometry.fields import Dim, Factor, TensorField, Tokens, dim_size, flags_of
 from rflens.trf.rules.axes import apply_reads, merge_dims, normalise
-from rflens.trf.rules.tokens import slice_tokens, token_dim, with_tokens
 from rflens.trf.rules.registry import Arg, OpCall, register
+from rflens.trf.rules.tokens import slice_tokens, token_dim, with_tokens
+from rflens.trf.rules.writeback import place_view
 
 
 def _wrap(d: int, n: int) -> int:
@@ -348,19 +349,23 @@ def repeat(call: OpCall) -> list:
 
 @register("as_strided", "as_strided_", "as_strided_copy")
 def as_strided(call: OpCall) -> list:
-    """Re-striding in place is only followed when it cannot move spatial data: same sizes and every
-    spatial dimension of size 1 (PyTorch uses it to fix the memory format of pooled outputs)."""
+    """A view made from sizes, strides and a storage offset: capture places its elements in its
+    source (:mod:`rflens.trf.aliasing`) and the source's field follows them; a view that overlaps
+    itself or wraps across rows is not followed (reported). ``as_strided_`` restrides in place;
+    it is followed when it cannot move spatial data (same sizes, spatial dimensions of size 1)."""
     x = call.input
     if x.field is None:
         return [None]
     shape = call.out_shapes[0]
+    place = call.kw.get("placement")
+    if place:
+        placed = place_view(x.field, place, shape)
+        if not isinstance(placed, str):
+            return [placed]
     spatial_sizes = [f.size for d in x.field.dims for f in d if f.axis is not None]
     if tuple(shape) == tuple(x.shape) and all(n == 1 for n in spatial_sizes):
         return [x.field]
-    raise NotImplementedError("as_strided may move spatial data")
-
-
-__all__ = ["regroup"]
+    raise NotImplementedError("as_strided of a view rflens cannot place (overlapping or wrapping)")
 
 
 @register("roll")
