@@ -43,9 +43,24 @@ class Experiment:
     module: str
 
     def runner(self) -> Callable[..., ExperimentResult]:
+        return self._module().run
+
+    def quick_options(self) -> dict[str, Any] | None:
+        """The options of its quick mode (the module's ``QUICK``), None when it has none (it is
+        fast as it is)."""
+        quick = getattr(self._module(), "QUICK", None)
+        return dict(quick) if quick is not None else None
+
+    def takes(self, option: str) -> bool:
+        """Whether its ``run`` has a parameter called ``option``."""
+        import inspect
+
+        return option in inspect.signature(self.runner()).parameters
+
+    def _module(self):
         import importlib
 
-        return importlib.import_module(f"rflens.experiments.{self.module}").run
+        return importlib.import_module(f"rflens.experiments.{self.module}")
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -57,6 +72,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("factors", "subsampling, dilation, skips, dropout, ReLU vs linear on the ERF", "factors"),
     Experiment("training", "small CNN on scikit-learn's digits: ERF σ and accuracy per epoch",
                "training"),
+    Experiment("long-range", "ERF mass at distance d grows when the task needs it, not in a control "
+               "(seeds, 95 % intervals)", "long_range"),
 )}
 
 
@@ -77,14 +94,27 @@ def get(name: str) -> Experiment:
 
 
 def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed: int = 0,
-                   threads: int | None = None, **options: Any) -> ExperimentResult:
+                   threads: int | None = None, quick: bool = False, workers: int | None = None,
+                   **options: Any) -> ExperimentResult:
     """Run experiment ``name`` with ``seed`` and its ``options`` (see each module's ``run``), time
     it, and write ``out_dir/NAME.json`` and ``out_dir/NAME.png`` (nothing when ``out_dir`` is
     None). ``threads``: torch's intra-op threads during the run (None: leave as set); the value
-    used is recorded in ``settings["threads"]``."""
+    used is recorded in ``settings["threads"]``. ``quick``: use the experiment's quick mode (its
+    module's ``QUICK`` options, under any given ``options``; experiments without one run as they
+    are); ``settings["mode"]`` records ``quick`` or ``full``. ``workers``: processes for the
+    seeds of a multi-seed experiment (ignored by the others; the numbers do not depend on it)."""
     import torch
 
     experiment = get(name)
+    mode = "full"
+    if quick and (preset := experiment.quick_options()) is not None:
+        options = {**preset, **options}
+        mode = "quick"
+    if workers is not None:
+        if workers < 1:
+            raise RflensError(f"workers must be a positive integer, not {workers}")
+        if experiment.takes("workers"):
+            options["workers"] = workers
     before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -97,6 +127,7 @@ def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed:
         result.wall_s = time.perf_counter() - wall
         result.cpu_s = time.process_time() - cpu
         result.settings["threads"] = torch.get_num_threads()
+        result.settings["mode"] = mode
         result.notes = compress_notes(result.notes)
     finally:
         torch.set_num_threads(before)

@@ -40,17 +40,29 @@ NAN = float("nan")
 class Check:
     """One comparison with the literature: ``quantity`` measured as ``measured`` where the literature
     (or exact theory) expects ``expected``; ``passed`` says whether they agree. ``value`` is the
-    measured number (None when the quantity is not a single number)."""
+    measured number (None when the quantity is not a single number).
+
+    An *open question* (the literature is silent) has an ``answer`` (what was found, e.g. "grows")
+    and ``passed`` None: it is reported, never counted as agreeing or disagreeing."""
 
     quantity: str
     expected: str
     measured: str
-    passed: bool
+    passed: bool | None
     value: float | None = None
+    answer: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """True for an open question."""
+        return self.answer is not None
 
     def to_dict(self) -> dict:
-        return {"quantity": self.quantity, "expected": self.expected, "measured": self.measured,
-                "passed": bool(self.passed), "value": jsonable(self.value)}
+        out = {"quantity": self.quantity, "expected": self.expected, "measured": self.measured,
+               "passed": None if self.open else bool(self.passed), "value": jsonable(self.value)}
+        if self.open:
+            out.update(open_question=True, answer=self.answer)
+        return out
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -93,8 +105,8 @@ class ExperimentResult:
 
     @property
     def passed(self) -> bool:
-        """True when every check agrees with the literature."""
-        return all(c.passed for c in self.checks)
+        """True when every check agrees with the literature (open questions are not counted)."""
+        return all(c.passed for c in self.checks if not c.open)
 
     def data(self) -> dict:
         """The subclass's own fields, JSON-ready."""
