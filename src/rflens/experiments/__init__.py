@@ -70,10 +70,14 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("stack-vs-large", "2×3×3 vs 5×5, 3×3×3 vs 7×7: equal TRF, σ and area ratios",
                "stack_vs_large"),
     Experiment("factors", "subsampling, dilation, skips, dropout, ReLU vs linear on the ERF", "factors"),
-    Experiment("training", "small CNN on scikit-learn's digits: ERF σ and accuracy per epoch",
-               "training"),
+    Experiment("training", "a residual CNN learns scikit-learn's digits: does the ERF grow? (seeds, "
+               "95 % intervals)", "training"),
     Experiment("long-range", "ERF mass at distance d grows when the task needs it, not in a control "
                "(seeds, 95 % intervals)", "long_range"),
+    Experiment("large-kernel", "one large depthwise kernel vs stacks of small ones, same TRF: RepLKNet's "
+               "r(t) and Gaussian fit, at init and trained", "large_kernel"),
+    Experiment("vit-vs-cnn", "a small ViT and a CNN of similar size learning the same task: ERF on the "
+               "image grid (seeds, 95 % intervals)", "vit_vs_cnn"),
 )}
 
 

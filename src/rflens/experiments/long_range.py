@@ -37,13 +37,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from rflens.experiments.core import Check, ExperimentResult, compare, jsonable, mean_sigma, measure_erf, seeded
 from rflens.experiments.nets import ResidualCNN, calibrate_batchnorm, parameter_count
 from rflens.experiments.stats import (Interval, interval_check, mean_interval, not_above_check,
                                       open_check, ratio_interval)
-from rflens.experiments.tasks import LABELS, MarkTask, accuracy, radial_masses, run_seeds, train_epoch
+from rflens.experiments.tasks import LABELS, MarkTask, accuracy, fit_marks, radial_masses, run_seeds
 
 __all__ = ["LongRangeResult", "SeedRun", "run", "one_seed", "QUICK"]
 
@@ -123,18 +122,18 @@ def one_seed(seed: int, *, task: MarkTask, blocks: int, epochs: int, per_epoch: 
     history: dict[str, list[dict[str, float]]] = {}
     for label in LABELS:
         model = copy.deepcopy(base)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        order = torch.Generator().manual_seed(seed)
-        rows = []
-        for epoch in range(1, epochs + 1):
-            x, y = task.sample(per_epoch, center, np.random.default_rng([seed, 1000 + epoch]))
-            loss = train_epoch(model, opt, x, y[label], batch_size, order)
+        rows: list[dict[str, float]] = []
+
+        def after_epoch(epoch: int, loss: float) -> None:
             erf, numbers = _erf_numbers(model, probe, task, center, ring_width, seed, notes,
                                         f"{label}, epoch {epoch}")
             rows.append({"epoch": epoch, "loss": loss, "accuracy": accuracy(model, x_test, y_test[label]),
                          **numbers})
+            maps[label] = erf.normalized
+
+        fit_marks(model, task, label, center, epochs=epochs, per_epoch=per_epoch, batch_size=batch_size,
+                  lr=lr, seed=seed, after_epoch=after_epoch)
         history[label] = rows
-        maps[label] = erf.normalized
     return SeedRun(seed, init, history, time.perf_counter() - start, notes, maps)
 
 

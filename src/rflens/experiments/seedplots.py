@@ -11,7 +11,7 @@ from matplotlib.patches import Circle
 
 from rflens.experiments.stats import Interval, mean_interval
 
-__all__ = ["epoch_band", "ratio_strip", "map_panel", "COLORS"]
+__all__ = ["epoch_band", "ratio_strip", "map_panel", "log_axis", "COLORS"]
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -44,28 +44,37 @@ def ratio_strip(ax, groups: dict[str, Interval], colors: Sequence[str] = COLORS,
         ax.plot([i + 0.2, i + 0.36], [iv.centre, iv.centre], color=color, lw=2)
     ax.axhline(reference, color="0.4", ls="--", lw=0.8)
     if log:
-        from matplotlib.ticker import FormatStrFormatter, LogLocator
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.tick_params(axis="y", which="minor", labelsize=6)
+        log_axis(ax)
     ax.set_xticks(range(len(groups)), list(groups), fontsize=7)
     ax.set_xlim(-0.5, len(groups) - 0.4)
 
 
 def map_panel(ax, erf_map: np.ndarray, center: Sequence[float], radii: Sequence[float], title: str,
-              vmax: float | None = None) -> object:
+              vmax: float | None = None, log_decades: float | None = None) -> object:
     """The map (normalised to the given ``vmax``, default its own maximum) with dashed circles of
-    the given ``radii`` around ``center`` (row, column in pixels); returns the image artist."""
+    the given ``radii`` around ``center`` (row, column in pixels); returns the image artist. With
+    ``log_decades`` the colours show ``log10(map / vmax)`` from ``-log_decades`` to 0."""
     m = np.asarray(erf_map, dtype=np.float64)
     peak = vmax if vmax is not None else float(m.max()) or 1.0
-    image = ax.imshow(m / peak, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    if log_decades:
+        shown = np.log10(np.maximum(m / peak, 10.0 ** -log_decades))
+        image = ax.imshow(shown, cmap="viridis", vmin=-log_decades, vmax=0, interpolation="nearest")
+    else:
+        image = ax.imshow(m / peak, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     for r in radii:
         ax.add_patch(Circle((center[1], center[0]), r, fill=False, ec="white", ls="--", lw=0.9))
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     return image
+
+
+def log_axis(ax) -> None:
+    """A logarithmic y axis labelled with plain numbers at 1, 2 and 5 per decade."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())

@@ -33,7 +33,7 @@ from torch import nn
 
 from rflens.errors import RflensError
 
-__all__ = ["MarkTask", "LABELS", "train_epoch", "accuracy", "radial_masses", "ring_mass",
+__all__ = ["MarkTask", "LABELS", "train_epoch", "fit_marks", "accuracy", "radial_masses", "ring_mass",
            "mass_beyond", "run_seeds", "mean_map"]
 
 LABELS = ("long-range", "control")
@@ -111,6 +111,20 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
         total += float(loss.detach()) * idx.numel()
         count += idx.numel()
     return total / max(count, 1)
+
+
+def fit_marks(model: nn.Module, task: MarkTask, label: str, center: tuple[float, float], *, epochs: int,
+              per_epoch: int, batch_size: int, lr: float, seed: int,
+              after_epoch: Callable[[int, float], None]) -> None:
+    """Train ``model`` on ``task``'s ``label`` (``"long-range"`` or ``"control"``) with Adam
+    (``lr``): ``epochs`` epochs of ``per_epoch`` images drawn fresh from ``(seed, epoch)`` — so
+    every model trained with the same seed sees the same images in the same order — calling
+    ``after_epoch(epoch, mean loss)`` after each."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        x, y = task.sample(per_epoch, center, np.random.default_rng([seed, 1000 + epoch]))
+        after_epoch(epoch, train_epoch(model, opt, x, y[label], batch_size, order))
 
 
 @torch.no_grad()
