@@ -101,7 +101,7 @@ def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed:
                    threads: int | None = None, quick: bool = False, workers: int | None = None,
                    **options: Any) -> ExperimentResult:
     """Run experiment ``name`` with ``seed`` and its ``options`` (see each module's ``run``), time
-    it, and write ``out_dir/NAME.json`` and ``out_dir/NAME.png`` (nothing when ``out_dir`` is
+    it (wall seconds; CPU seconds of this process and its seed workers), and write ``out_dir/NAME.json`` and ``out_dir/NAME.png`` (nothing when ``out_dir`` is
     None). ``threads``: torch's intra-op threads during the run (None: leave as set); the value
     used is recorded in ``settings["threads"]``. ``quick``: use the experiment's quick mode (its
     module's ``QUICK`` options, under any given ``options``; experiments without one run as they
@@ -125,11 +125,11 @@ def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed:
             raise RflensError(f"threads must be a positive integer, not {threads}")
         torch.set_num_threads(threads)
     try:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu_seconds()
         with seeded(seed):  # anything drawn from the global generators is reproducible too
             result = experiment.runner()(seed=seed, **options)
         result.wall_s = time.perf_counter() - wall
-        result.cpu_s = time.process_time() - cpu
+        result.cpu_s = _cpu_seconds() - cpu
         result.settings["threads"] = torch.get_num_threads()
         result.settings["mode"] = mode
         result.notes = compress_notes(result.notes)
@@ -138,6 +138,14 @@ def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed:
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (seed workers)."""
+    import os
+
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
 
 
 def write_outputs(result: ExperimentResult, out_dir: str | Path) -> tuple[Path, Path]:

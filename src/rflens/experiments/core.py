@@ -90,8 +90,9 @@ class ExperimentResult:
     """What every experiment returns. Subclasses add their measurements as dataclass fields (they
     become the ``data`` part of :meth:`to_dict`) and draw them in :meth:`figure`.
 
-    ``wall_s`` / ``cpu_s``: wall-clock and process CPU seconds of the run (CPU time counts every
-    thread, so it can exceed the wall time); set by :func:`rflens.experiments.run_experiment`.
+    ``wall_s`` / ``cpu_s``: wall-clock and CPU seconds of the run (CPU time counts every thread and
+    the seed worker processes, so it can exceed the wall time); set by
+    :func:`rflens.experiments.run_experiment`.
     ``notes``: warnings raised while measuring (deduplicated), kept for the record.
     """
 
