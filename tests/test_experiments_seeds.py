@@ -190,7 +190,7 @@ def _check_common(data: dict, name: str, seeds: int = 5) -> None:
 def test_long_range_quick_mode_through_the_cli(tmp_path, capsys):
     assert main(["experiment", "long-range", "--quick", "-o", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "quick mode" in printed and "long-range" in printed
+    assert "quick" in printed and "long-range" in printed
     data = json.loads((tmp_path / "long-range.json").read_text())
     _check_common(data, "long-range")
     first = data["data"]["seeds"][0]

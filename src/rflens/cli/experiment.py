@@ -78,9 +78,9 @@ def _list_table():
 def _checks_table(result):
     from rich.table import Table
 
-    mode = " [quick mode]" if result.settings.get("mode") == "quick" else ""
+    mode = ", quick mode" if result.settings.get("mode") == "quick" else ""
     table = Table(title=f"{result.name}: {result.title}  ({result.wall_s:.1f} s wall, "
-                        f"{result.cpu_s:.1f} s CPU){mode}", title_justify="left")
+                        f"{result.cpu_s:.1f} s CPU{mode})", title_justify="left")
     table.add_column("quantity")
     table.add_column("expected")
     table.add_column("measured")

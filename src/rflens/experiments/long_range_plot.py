@@ -38,15 +38,14 @@ def figure(r):
     maps = {"init": mean_map([s.maps["init"] for s in r.seeds if "init" in s.maps])}
     for label in LABELS:
         maps[label] = mean_map([s.maps[label] for s in r.seeds if label in s.maps])
-    peak = max(float(m.max()) for m in maps.values())
     distance, width = r.distance, r.ring_width
     image = None
     for ax, (name, m) in zip(axes, maps.items()):
         title = "initialisation" if name == "init" else f"after training: {name} task"
         image = map_panel(ax, m, r.center, (distance - width, distance + width),
-                          f"{title} (mean of {len(r.seeds)} seeds)", vmax=peak)
+                          f"{title} (mean of {len(r.seeds)} seeds)")
     if image is not None:
-        bottom.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="ERF / max of the three")
+        bottom.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="ERF / its own max")
     fig.suptitle(f"long-range: the ERF of the probed unit (TRF {r.trf} px) on a task that needs "
                  f"evidence at distance d vs a local control", fontsize=10)
     return fig

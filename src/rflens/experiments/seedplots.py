@@ -70,11 +70,15 @@ def map_panel(ax, erf_map: np.ndarray, center: Sequence[float], radii: Sequence[
 
 
 def log_axis(ax) -> None:
-    """A logarithmic y axis labelled with plain numbers at 1, 2 and 5 per decade."""
+    """A logarithmic y axis labelled with plain numbers at 1, 2 and 5 per decade (and at the minor
+    ticks when the data span less than about a decade); call it after plotting."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_ylim()
+    narrow = low > 0 and high / low < 12  # less than about a decade: label the minor ticks too
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g") if narrow else NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)

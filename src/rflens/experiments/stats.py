@@ -111,22 +111,25 @@ def not_above_check(quantity: str, interval: Interval, bound: float, source: str
                  bool(ok), interval.centre)
 
 
-def direction(interval: Interval, bound: float, words: tuple[str, str] = ("above", "below")) -> str:
+def direction(interval: Interval, bound: float, words: tuple[str, str] = ("above", "below"),
+              neutral: str = "no clear change") -> str:
     """``words[0]`` when the whole interval lies above ``bound``, ``words[1]`` when below, else
-    ``"no clear change"`` (also for NaN bounds)."""
+    ``neutral`` (also for NaN bounds)."""
     if math.isfinite(interval.low) and interval.low > bound:
         return words[0]
     if math.isfinite(interval.high) and interval.high < bound:
         return words[1]
-    return "no clear change"
+    return neutral
 
 
 def open_check(quantity: str, interval: Interval, bound: float, question: str,
-               words: tuple[str, str] = ("grows", "shrinks"), digits: int = 3, prefix: str = "") -> Check:
+               words: tuple[str, str] = ("grows", "shrinks"), digits: int = 3, prefix: str = "",
+               neutral: str = "no clear change") -> Check:
     """An open question about ``interval`` relative to ``bound``: reported with its answer
-    (:func:`direction` with ``words``), counted neither as agreeing nor disagreeing."""
+    (:func:`direction` with ``words`` and ``neutral``), counted neither as agreeing nor
+    disagreeing."""
     return Check(quantity, f"open question: {question}", _measured(interval, digits, prefix), None,
-                 interval.centre, answer=direction(interval, bound, words))
+                 interval.centre, answer=direction(interval, bound, words, neutral))
 
 
 def _measured(interval: Interval, digits: int, prefix: str) -> str:

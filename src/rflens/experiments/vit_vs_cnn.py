@@ -225,5 +225,6 @@ def _checks(iv: dict[str, Interval], radius: float) -> list[Check]:
                              prefix="×"))
     checks.append(open_check("ViT: held-out accuracy after training", iv["trained: ViT accuracy"], 0.9,
                              "does the ViT learn the task in this budget?",
-                             words=("learns (> 0.9)", "does not (< 0.9)")))
+                             words=("learns (> 0.9)", "does not (< 0.9)"),
+                             neutral="interval contains 0.9"))
     return checks
