@@ -4,15 +4,23 @@ Every experiment is a function ``run(seed=0, **options) -> ExperimentResult`` in
 registered in :data:`EXPERIMENTS`. :func:`run_experiment` times it (wall and CPU seconds), and
 writes ``DIR/NAME.json`` (:meth:`ExperimentResult.to_dict`) and ``DIR/NAME.png`` (its figure).
 Each result carries :class:`Check` rows: a quantity, what the literature (or exact theory) expects,
-what was measured, and whether they agree. ``docs/experiments.md`` shows the figures and numbers.
+what was measured, and whether they agree (open questions: what was found). ``docs/experiments.md``
+shows the figures and numbers.
 
 =================  =========================================================================
 ``path-counts``    exact per-pixel path counts of 2 and 3 stacked 3×3 convs
 ``sqrt-growth``    ERF σ over depth 1…64 (uniform, random, random + ReLU): σ ∝ √n, ERF/TRF ∝ 1/√n
 ``stack-vs-large`` 2×3×3 vs 5×5 and 3×3×3 vs 7×7: equal TRF, the stack's ERF more concentrated
 ``factors``        subsampling, dilation, skip connections, dropout, ReLU vs linear
-``training``       a small CNN trained on scikit-learn's digits: ERF σ and accuracy per epoch
+``training``       a residual CNN learns scikit-learn's digits: σ and mass beyond R, five seeds
+``long-range``     a task needing evidence at distance d vs a local control, five seeds
+``large-kernel``   one 13×13 depthwise kernel vs 3×3 stacks, same TRF: RepLKNet's r(t), R²
+``vit-vs-cnn``     a small ViT and a CNN of similar size on the same task, ERF on the image grid
 =================  =========================================================================
+
+The last four train networks over seeds (:mod:`.stats` intervals, :mod:`.tasks`, :mod:`.nets`);
+their modules define ``QUICK`` (the options of ``run_experiment(..., quick=True)``) and take
+``workers`` (processes for the seeds).
 """
 
 from __future__ import annotations
