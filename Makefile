@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench experiments experiments-quick venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || true
 	$(PY) benchmarks/trf_speed.py
+
+# Opt-in, not part of `make test`: every experiment in full (the multi-seed training ones take a few
+# minutes each on 2 cores; wall times in docs/experiments.md), writing the figures and JSON the docs show.
+experiments: $(STAMP)
+	$(VENV)/bin/rflens experiment all --workers 2 -o docs/images/experiments
+
+# The same in quick mode (fewer samples and epochs; wiring only, its numbers are not the documented ones).
+experiments-quick: $(STAMP)
+	$(VENV)/bin/rflens experiment all --quick -o out/experiments-quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,6 +1,7 @@
 """rflens experiments: the path-count integers against an independent numpy convolution of ones,
 the √n exponents within the bounds issue 4 set, the other experiments' wiring (small versions),
-and the ``rflens experiment`` CLI (list, unknown names, JSON + PNG written)."""
+and the ``rflens experiment`` CLI (list, unknown names, JSON + PNG written). The multi-seed
+training experiments and their building blocks are in ``test_experiments_seeds.py``."""
 
 from __future__ import annotations
 
@@ -118,18 +119,6 @@ def test_factors_wiring_and_directions_of_strides_dilation_and_skips():
     assert "map" not in payload["data"]["variants"]["base"]
 
 
-def test_training_tiny_run_is_wired(tmp_path):
-    r = run_experiment("training", tmp_path, epochs=1, subset=120, erf_samples=8, seed=0)
-    assert [e.epoch for e in r.history] == [0, 1]
-    assert all(0.0 <= e.test_accuracy <= 1.0 for e in r.history)
-    assert np.isnan(r.history[0].train_loss) and np.isfinite(r.history[1].train_loss)
-    assert r.trf == 24 and r.train_size == 120 and r.test_size == 450
-    data = json.loads((tmp_path / "training.json").read_text())
-    assert data["experiment"] == "training" and len(data["data"]["history"]) == 2
-    assert data["settings"]["threads"] == 1
-    assert (tmp_path / "training.png").read_bytes()[:8] == PNG_MAGIC
-
-
 def test_stratified_split_keeps_every_class():
     labels = np.repeat(np.arange(10), 20)
     train, test = training.stratified_split(labels, 0.25, seed=0)
@@ -150,7 +139,8 @@ def test_cli_list(capsys):
     for name in names():
         assert name in out
     assert set(names()) == set(EXPERIMENTS) == {"path-counts", "sqrt-growth", "stack-vs-large",
-                                                "factors", "training"}
+                                                "factors", "training", "long-range", "large-kernel",
+                                                "vit-vs-cnn"}
 
 
 def test_cli_unknown_name_one_line_exit_2(capsys, tmp_path):

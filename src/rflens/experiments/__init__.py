@@ -4,15 +4,23 @@ Every experiment is a function ``run(seed=0, **options) -> ExperimentResult`` in
 registered in :data:`EXPERIMENTS`. :func:`run_experiment` times it (wall and CPU seconds), and
 writes ``DIR/NAME.json`` (:meth:`ExperimentResult.to_dict`) and ``DIR/NAME.png`` (its figure).
 Each result carries :class:`Check` rows: a quantity, what the literature (or exact theory) expects,
-what was measured, and whether they agree. ``docs/experiments.md`` shows the figures and numbers.
+what was measured, and whether they agree (open questions: what was found). ``docs/experiments.md``
+shows the figures and numbers.
 
 =================  =========================================================================
 ``path-counts``    exact per-pixel path counts of 2 and 3 stacked 3×3 convs
 ``sqrt-growth``    ERF σ over depth 1…64 (uniform, random, random + ReLU): σ ∝ √n, ERF/TRF ∝ 1/√n
 ``stack-vs-large`` 2×3×3 vs 5×5 and 3×3×3 vs 7×7: equal TRF, the stack's ERF more concentrated
 ``factors``        subsampling, dilation, skip connections, dropout, ReLU vs linear
-``training``       a small CNN trained on scikit-learn's digits: ERF σ and accuracy per epoch
+``training``       a residual CNN learns scikit-learn's digits: σ and mass beyond R, five seeds
+``long-range``     a task needing evidence at distance d vs a local control, five seeds
+``large-kernel``   one 13×13 depthwise kernel vs 3×3 stacks, same TRF: RepLKNet's r(t), R²
+``vit-vs-cnn``     a small ViT and a CNN of similar size on the same task, ERF on the image grid
 =================  =========================================================================
+
+The last four train networks over seeds (:mod:`.stats` intervals, :mod:`.tasks`, :mod:`.nets`);
+their modules define ``QUICK`` (the options of ``run_experiment(..., quick=True)``) and take
+``workers`` (processes for the seeds).
 """
 
 from __future__ import annotations
@@ -43,9 +51,24 @@ class Experiment:
     module: str
 
     def runner(self) -> Callable[..., ExperimentResult]:
+        return self._module().run
+
+    def quick_options(self) -> dict[str, Any] | None:
+        """The options of its quick mode (the module's ``QUICK``), None when it has none (it is
+        fast as it is)."""
+        quick = getattr(self._module(), "QUICK", None)
+        return dict(quick) if quick is not None else None
+
+    def takes(self, option: str) -> bool:
+        """Whether its ``run`` has a parameter called ``option``."""
+        import inspect
+
+        return option in inspect.signature(self.runner()).parameters
+
+    def _module(self):
         import importlib
 
-        return importlib.import_module(f"rflens.experiments.{self.module}").run
+        return importlib.import_module(f"rflens.experiments.{self.module}")
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -55,8 +78,14 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("stack-vs-large", "2×3×3 vs 5×5, 3×3×3 vs 7×7: equal TRF, σ and area ratios",
                "stack_vs_large"),
     Experiment("factors", "subsampling, dilation, skips, dropout, ReLU vs linear on the ERF", "factors"),
-    Experiment("training", "small CNN on scikit-learn's digits: ERF σ and accuracy per epoch",
-               "training"),
+    Experiment("training", "a residual CNN learns scikit-learn's digits: does the ERF grow? (seeds, "
+               "95 % intervals)", "training"),
+    Experiment("long-range", "ERF mass at distance d grows when the task needs it, not in a control "
+               "(seeds, 95 % intervals)", "long_range"),
+    Experiment("large-kernel", "one large depthwise kernel vs stacks of small ones, same TRF: RepLKNet's "
+               "r(t) and Gaussian fit, at init and trained", "large_kernel"),
+    Experiment("vit-vs-cnn", "a small ViT and a CNN of similar size learning the same task: ERF on the "
+               "image grid (seeds, 95 % intervals)", "vit_vs_cnn"),
 )}
 
 
@@ -77,32 +106,54 @@ def get(name: str) -> Experiment:
 
 
 def run_experiment(name: str, out_dir: str | Path | None = DEFAULT_DIR, *, seed: int = 0,
-                   threads: int | None = None, **options: Any) -> ExperimentResult:
+                   threads: int | None = None, quick: bool = False, workers: int | None = None,
+                   **options: Any) -> ExperimentResult:
     """Run experiment ``name`` with ``seed`` and its ``options`` (see each module's ``run``), time
-    it, and write ``out_dir/NAME.json`` and ``out_dir/NAME.png`` (nothing when ``out_dir`` is
+    it (wall seconds; CPU seconds of this process and its seed workers), and write ``out_dir/NAME.json`` and ``out_dir/NAME.png`` (nothing when ``out_dir`` is
     None). ``threads``: torch's intra-op threads during the run (None: leave as set); the value
-    used is recorded in ``settings["threads"]``."""
+    used is recorded in ``settings["threads"]``. ``quick``: use the experiment's quick mode (its
+    module's ``QUICK`` options, under any given ``options``; experiments without one run as they
+    are); ``settings["mode"]`` records ``quick`` or ``full``. ``workers``: processes for the
+    seeds of a multi-seed experiment (ignored by the others; the numbers do not depend on it)."""
     import torch
 
     experiment = get(name)
+    mode = "full"
+    if quick and (preset := experiment.quick_options()) is not None:
+        options = {**preset, **options}
+        mode = "quick"
+    if workers is not None:
+        if workers < 1:
+            raise RflensError(f"workers must be a positive integer, not {workers}")
+        if experiment.takes("workers"):
+            options["workers"] = workers
     before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
             raise RflensError(f"threads must be a positive integer, not {threads}")
         torch.set_num_threads(threads)
     try:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu_seconds()
         with seeded(seed):  # anything drawn from the global generators is reproducible too
             result = experiment.runner()(seed=seed, **options)
         result.wall_s = time.perf_counter() - wall
-        result.cpu_s = time.process_time() - cpu
+        result.cpu_s = _cpu_seconds() - cpu
         result.settings["threads"] = torch.get_num_threads()
+        result.settings["mode"] = mode
         result.notes = compress_notes(result.notes)
     finally:
         torch.set_num_threads(before)
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (seed workers)."""
+    import os
+
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
 
 
 def write_outputs(result: ExperimentResult, out_dir: str | Path) -> tuple[Path, Path]:

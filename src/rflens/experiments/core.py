@@ -40,17 +40,29 @@ NAN = float("nan")
 class Check:
     """One comparison with the literature: ``quantity`` measured as ``measured`` where the literature
     (or exact theory) expects ``expected``; ``passed`` says whether they agree. ``value`` is the
-    measured number (None when the quantity is not a single number)."""
+    measured number (None when the quantity is not a single number).
+
+    An *open question* (the literature is silent) has an ``answer`` (what was found, e.g. "grows")
+    and ``passed`` None: it is reported, never counted as agreeing or disagreeing."""
 
     quantity: str
     expected: str
     measured: str
-    passed: bool
+    passed: bool | None
     value: float | None = None
+    answer: str | None = None
+
+    @property
+    def open(self) -> bool:
+        """True for an open question."""
+        return self.answer is not None
 
     def to_dict(self) -> dict:
-        return {"quantity": self.quantity, "expected": self.expected, "measured": self.measured,
-                "passed": bool(self.passed), "value": jsonable(self.value)}
+        out = {"quantity": self.quantity, "expected": self.expected, "measured": self.measured,
+               "passed": None if self.open else bool(self.passed), "value": jsonable(self.value)}
+        if self.open:
+            out.update(open_question=True, answer=self.answer)
+        return out
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -78,8 +90,9 @@ class ExperimentResult:
     """What every experiment returns. Subclasses add their measurements as dataclass fields (they
     become the ``data`` part of :meth:`to_dict`) and draw them in :meth:`figure`.
 
-    ``wall_s`` / ``cpu_s``: wall-clock and process CPU seconds of the run (CPU time counts every
-    thread, so it can exceed the wall time); set by :func:`rflens.experiments.run_experiment`.
+    ``wall_s`` / ``cpu_s``: wall-clock and CPU seconds of the run (CPU time counts every thread and
+    the seed worker processes, so it can exceed the wall time); set by
+    :func:`rflens.experiments.run_experiment`.
     ``notes``: warnings raised while measuring (deduplicated), kept for the record.
     """
 
@@ -93,8 +106,8 @@ class ExperimentResult:
 
     @property
     def passed(self) -> bool:
-        """True when every check agrees with the literature."""
-        return all(c.passed for c in self.checks)
+        """True when every check agrees with the literature (open questions are not counted)."""
+        return all(c.passed for c in self.checks if not c.open)
 
     def data(self) -> dict:
         """The subclass's own fields, JSON-ready."""
