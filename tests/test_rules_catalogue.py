@@ -169,6 +169,9 @@ def _cases() -> list[Case]:
         Case("in-place views", Fn(lambda x: x.clone().unsqueeze_(0).squeeze_(0).transpose_(2, 3)
                                   .transpose(2, 3) + x.detach()), (1, 4, 5)),
         Case("as_strided", Fn(lambda x: x.as_strided((x.shape[0], 1, 3, 4), (20, 20, 5, 1), 1)), (1, 4, 5)),
+        Case("antialiased resizes", Fn(lambda x: F.interpolate(x, size=(3, 4), mode="bilinear", antialias=True)
+                                       + F.interpolate(x, size=(3, 4), mode="bicubic", antialias=True)),
+             (1, 7, 9), dtype=torch.float32),
         Case("roll", Fn(lambda x: torch.roll(x, shifts=(1, -2), dims=(2, 3)) + x), (1, 5, 6)),
         Case("dtype round trip", Fn(lambda x: x.float().double() + torch.clamp_min(x, 0.1)
                                     + torch.clamp_max(x, 9.0)), (1, 4, 5)),

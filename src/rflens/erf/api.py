@@ -81,11 +81,13 @@ def trf_of_unit(model: nn.Module, input_shape: tuple[int, ...], layer: str | Non
         if not field_.known:
             return None, f"the TRF engine does not know the field of '{name}'; TRF-relative metrics are NaN"
         box = field_.box(tuple(unit), clip=False)
+        if field_.is_global:  # the unit depends on a whole axis: its field is the exact hull of it
+            box = field_.box(tuple(unit), clip=True)
         if box is None:
             return None, f"unit {tuple(unit)} of '{name}' reads no input pixel; TRF-relative metrics are NaN"
         return TRFInfo(box=box, size=tuple(hi - lo + 1 for lo, hi in box),
                        center=tuple((lo + hi) / 2 for lo, hi in box),
-                       jump=tuple(float(j) for j in field_.jump), is_global=field_.is_global), None
+                       jump=tuple(float(j) if j is not None else float('nan') for j in field_.jump), is_global=field_.is_global), None
     except Exception as exc:  # the ERF does not depend on the TRF engine succeeding
         return None, f"TRF engine failed ({type(exc).__name__}: {str(exc)[:160]}); TRF-relative metrics are NaN"
 

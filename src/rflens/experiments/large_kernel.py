@@ -37,7 +37,6 @@ Checks, stated before the runs:
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 

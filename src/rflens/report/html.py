@@ -123,7 +123,7 @@ def _summary(rf: Any) -> str:
     if last is not None:
         rows += [("deepest local layer", last.name),
                  ("its TRF size", _shape(last.size) + " px"),
-                 ("its jump (total stride)", "×".join(str(j) for j in last.jump) + " px")]
+                 ("its jump (total stride)", "×".join("—" if j is None else str(j) for j in last.jump) + " px")]
     rows.append(("field exceeds the input from", first_big.name if first_big else "never"))
     cells = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     return f"<section id='summary'><h2>Summary</h2><dl class='summary'>{cells}</dl></section>"

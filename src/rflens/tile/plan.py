@@ -150,7 +150,7 @@ def _erf_halo(erf: Any, shape, per_block, align, mass: float):
 
 def _useful(rf, maps, align, mins, n):
     rows = [r for r in rf if r.known]  # axes pooled to one unit (jump 0) have no local field
-    largest = tuple(max((r.size[k] for r in rows if r.axes[k].jump > 0), default=1)
+    largest = tuple(max((r.size[k] for r in rows if (r.axes[k].jump or 0) > 0), default=1)
                     for k in range(n))
     if maps is None:
         return tuple(m or 1 for m in mins), largest

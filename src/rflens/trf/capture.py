@@ -36,6 +36,7 @@ class TensorRef:
 
     id: int | None
     shape: tuple[int, ...]
+    dtype: torch.dtype | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class _Recorder(TorchDispatchMode):
         return entry[0] if entry is not None and entry[1]() is t else None
 
     def ref(self, t: torch.Tensor) -> TensorRef:
-        return TensorRef(self.version(t), tuple(t.shape))
+        return TensorRef(self.version(t), tuple(t.shape), t.dtype)
 
     def _refs(self, a):
         """An argument with tensors replaced by TensorRefs (aten args nest one list deep)."""

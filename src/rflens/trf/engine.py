@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+from fractions import Fraction
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
@@ -112,10 +114,33 @@ def _axis_fields(field: TensorField, n_spatial: int):
             factors.append(None)
             continue
         f = entry[1]
-        m = f.field
-        axes.append(AxisField(m.size, m.jump, m.padding, m.center, m.uniform))
+        axes.append(axis_summary(f.field))
         factors.append(f)
     return tuple(axes), tuple(factors)
+
+
+def axis_summary(m) -> AxisField:
+    """Size, jump, padding and centre of a periodic map, or None with a reason where no single
+    number describes the axis (see :class:`AxisField`)."""
+    notes = []
+    jump = m.jump
+    if m.exact_units is not None:  # an explicit table: evenly spaced over its units, or no jump
+        units = np.arange(max(m.exact_units, 1), dtype=np.int64)
+        lo, hi = m.evaluate(units)
+        full = lo <= hi
+        steps = {int(v) for v in np.diff(lo[full])} | {int(v) for v in np.diff(hi[full])}
+        if full.all() and len(steps) <= 1:
+            jump = Fraction(steps.pop() if steps else 1)
+        else:
+            jump = None
+            notes.append("its units are not evenly spaced (a concatenation, roll or partial write "
+                         "along the axis): no single jump")
+    padding, center = m.padding, m.center
+    if m.lo_table[0] > m.hi_table[0]:
+        padding = center = None
+        notes.append("unit 0 reads no pixel: no padding or centre to read from it")
+    return AxisField(m.size, jump, padding, center, m.uniform and jump is not None,
+                     "; ".join(notes) or None)
 
 
 def _row(name: str, op: str, ref: TensorRef, analysis: Analysis, spatial: tuple[int, ...]) -> LayerField | None:

@@ -62,9 +62,9 @@ def input_field(shape: tuple[int, ...], n_spatial: int) -> TensorField:
 
 def _to_arg(x, fields: dict[int, TensorField]):
     if isinstance(x, TensorRef):
-        return Arg(x.shape, fields.get(x.id) if x.id is not None else None)
+        return Arg(x.shape, fields.get(x.id) if x.id is not None else None, x.dtype)
     if isinstance(x, (list, tuple)) and any(isinstance(v, TensorRef) for v in x):
-        return type(x)(Arg(v.shape, fields.get(v.id) if v.id is not None else None)
+        return type(x)(Arg(v.shape, fields.get(v.id) if v.id is not None else None, v.dtype)
                        if isinstance(v, TensorRef) else v for v in x)
     return x
 

@@ -24,7 +24,7 @@ def _axes(values) -> str:
     """Per-axis values as text: one value when all axes agree, else ``a×b``."""
     if values is None:
         return "?"
-    texts = [str(exact(v)) for v in values]
+    texts = ["—" if v is None else str(exact(v)) for v in values]
     return texts[0] if len(set(texts)) == 1 else "×".join(texts)
 
 

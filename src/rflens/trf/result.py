@@ -31,13 +31,16 @@ class LayerNotFoundError(RflensError, KeyError):
 class AxisField:
     """The field along one input axis. For a non-uniform axis (upsampling, adaptive pooling,
     concatenation along the axis) ``size`` is the largest size over units and ``padding``/``center``
-    describe unit 0."""
+    describe unit 0. A summary that no single number describes is None, and ``note`` says why:
+    ``jump`` when the units are not evenly spaced (a concatenation along the axis, a roll, a
+    write into part of the axis), ``padding``/``center`` when unit 0 reads no pixel."""
 
     size: int
-    jump: Fraction
-    padding: int
-    center: Fraction
+    jump: Fraction | None
+    padding: int | None
+    center: Fraction | None
     uniform: bool
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ class LayerField:
             "global": self.is_global,
             "unknown": not known,
             "exact_hull": self.exact_hull,
+            "notes": [a.note for a in self.axes if a is not None and a.note],
         }
 
 

@@ -32,6 +32,7 @@ class Arg:
 
     shape: tuple[int, ...]
     field: TensorField | None
+    dtype: Any = None  # torch dtype of the tensor (None when not recorded)
 
 
 @dataclass(frozen=True)
