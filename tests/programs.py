@@ -523,6 +523,7 @@ class Finding:
     superset), ``global`` (a 'global' flag no unit shows), ``names`` (rows named after
     torch.compile's wrapper) — these are *silent wrong answers*; ``unknown`` (a row rflens
     marks unknown) and ``error`` (rflens raised on a program PyTorch runs) are honest gaps;
+    ``missing`` (no root row for an output that reads the input) is a refusal too;
     ``harness`` is a failure of the generator or the oracle."""
 
     kind: str
@@ -571,6 +572,12 @@ def check_program(program: Program, seed: int = 0, units: int = 30, rows: int = 
         findings.append(Finding("names", f"rows named after the compile wrapper: {wrapped[:3]}"))
     rng = random.Random(seed)
     by_oracle_name = {_strip_compile(n): n for n in rf.names}
+    if "output" not in by_oracle_name:
+        hulls = oracle.hulls("output", oracle.units("output")[:units])
+        if any(h is not None for h in hulls):
+            findings.append(Finding("missing", f"no 'output' row, yet the output reads the input "
+                                               f"(rows: {rf.names[:6]})"))
+        return findings
     picked = [n for n in program.rows if n in by_oracle_name]
     picked = ["output"] + rng.sample(picked, min(rows - 1, len(picked)))
     unknown = [n for n in picked if not rf[by_oracle_name[n]].known]

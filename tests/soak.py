@@ -58,6 +58,8 @@ def run_one(seed: int) -> dict:
         findings = check_program(program, seed)
     except TimeoutError as exc:
         findings = [Finding("timeout", str(exc))]
+    except Exception as exc:  # noqa: BLE001 - one broken program must not end the soak
+        findings = [Finding("harness", f"check: {type(exc).__name__}: {exc}")]
     finally:
         signal.alarm(0)
     return {"seed": seed, "features": list(program.features),

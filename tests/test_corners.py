@@ -882,3 +882,28 @@ def test_fraction_summaries_are_fractions() -> None:
     # a jump below 1 stays an exact fraction (nearest x3): guards the summary checks above
     rf = rflens.receptive_field(_interp(scale_factor=3, mode="nearest"), input_shape=(1, 5))
     assert rf[OUTPUT].jump == (Fraction(1, 3),)
+
+
+# ----------------------------------------------------------------------------------------------
+# class 8 (analytic ERF with a gate) and class 10 (names), the parts that touch the TRF's rows
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="class 8: the analytic ERF fails on a squeeze-and-excitation "
+                                       "gate ('no path reaches the unit'); under linearisation the "
+                                       "gate is a constant")
+def test_analytic_erf_through_a_gate_is_the_local_field() -> None:
+    # conv 3x3 (padding 1) on 12x12, gated by a function of its own mean: linearised, the gate is
+    # a constant, so the centre unit (6, 6) reads the 3x3 window rows/cols 5..7
+    result = rflens.analytic_erf(SE(), OUTPUT, input_shape=(1, 12, 12))
+    support = [tuple(int(v) for v in idx) for idx in zip(*(result.map > 0).nonzero())]
+    (lo0, _), (lo1, _) = result.box
+    assert {(r + lo0, c + lo1) for r, c in support} == {(r, c) for r in range(5, 8) for c in range(5, 8)}
+
+
+def test_every_printed_row_name_is_accepted_by_the_analytic_erf() -> None:
+    model = nn.Sequential(_conv(1, 2, 3), nn.ReLU(), _conv(2, 1, 3))
+    rf = rflens.receptive_field(model, input_shape=(1, 12, 12))
+    assert rf.names == ["0", "1", "2", OUTPUT]
+    for name in rf.names:
+        result = rflens.analytic_erf(model, name, input_shape=(1, 12, 12))
+        assert result.map.sum() == pytest.approx(1.0)
