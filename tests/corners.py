@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +34,19 @@ except ImportError:  # tests/ made a package
 
 Path = tuple  # a path into the positional inputs: (0,), (0, "image"), (0, 1)
 
-__all__ = ["OUTPUT", "Hull", "Unit", "Path", "support_hulls", "SupportOracle", "compare_rows",
-           "honest_mismatches", "sample_units", "explains", "contains"]
+__all__ = [
+    "OUTPUT",
+    "Hull",
+    "Path",
+    "SupportOracle",
+    "Unit",
+    "compare_rows",
+    "contains",
+    "explains",
+    "honest_mismatches",
+    "sample_units",
+    "support_hulls",
+]
 
 
 # ----------------------------------------------------------------------------------------------

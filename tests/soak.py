@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from programs import Finding, RandomDraw, check_program, draw_features, draw_program  # noqa: E402
+from program_check import Finding, check_program
+from programs import RandomDraw, draw_features, draw_program
 
 TIME_LIMIT_S = 60
 

@@ -33,16 +33,16 @@ import dataclasses
 import math
 import signal
 import warnings
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+from corners import OUTPUT, SupportOracle, compare_rows, explains
 from torch import nn
 
 import rflens
-from corners import OUTPUT, SupportOracle, compare_rows, explains
 
 
 class Fn(nn.Module):
@@ -636,7 +636,7 @@ def _other() -> list[Corner]:
     inner = InnerCompiled(_plain_chain())
     # torch.compile and torch.jit load their machinery on first use: build those models lazily
     labels = torch.randint(0, 10, (1, 1, 7, 8))
-    strip = lambda n: n.replace("_orig_mod.", "").replace("._orig_mod", "").replace("_orig_mod", "")  # noqa: E731
+    strip = lambda n: n.replace("_orig_mod.", "").replace("._orig_mod", "").replace("_orig_mod", "")
 
     def scripted() -> nn.Module:
         with warnings.catch_warnings():

@@ -20,8 +20,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-from programs import HypothesisDraw, check_program, draw_features, draw_program
+from program_check import check_program
+from programs import HypothesisDraw, draw_features, draw_program
 
 FAMILIES = {
     "base": (),
