@@ -69,7 +69,10 @@ def run_one(seed: int) -> dict:
 
 
 def _class_key(record: dict, kind: str, detail: str) -> str:
-    features = "+".join(record["features"]) or "base"
+    """Programs with one construct (or none) are classed by it; programs with several share
+    one 'mixed' class per kind (their cause is one of the single-construct classes, or new)."""
+    features = record["features"][0] if len(record["features"]) == 1 else (
+        "mixed" if record["features"] else "base")
     if kind in ("unknown", "error", "harness", "timeout"):
         what = detail.split(": ", 1)[-1][:90]
         return f"{kind} | {features} | {what}"
@@ -130,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("RFLENS_SOAK_JOBS", "2")))
     parser.add_argument("--out", default="out/soak")
     parser.add_argument("--seed", type=int, help="show one program and its findings")
+    parser.add_argument("--from-records", help="rebuild the summary from a records.jsonl")
     args = parser.parse_args(argv)
+    if args.from_records:
+        records = [json.loads(line) for line in Path(args.from_records).read_text().splitlines()]
+        seeds = [r["seed"] for r in records]
+        summary = summarise(records, min(seeds), len(records), 0.0)
+        return _write(summary, records, Path(args.out))
     if args.seed is not None:
         print(program_of(args.seed).repro())
         record = run_one(args.seed)
@@ -147,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{i}/{args.count} programs, {time.perf_counter() - begin:.0f} s", flush=True)
     records.sort(key=lambda r: r["seed"])
     summary = summarise(records, args.start, args.count, time.perf_counter() - begin)
-    out = Path(args.out)
+    return _write(summary, records, Path(args.out))
+
+
+def _write(summary: dict, records: list[dict], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
