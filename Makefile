@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench experiments experiments-quick venv clean
+.PHONY: demo test bench soak experiments experiments-quick venv clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+# Opt-in soak: RFLENS_SOAK random programs (default 10000) against the gradient oracle, on
+# RFLENS_SOAK_JOBS processes (default 2), seeds from RFLENS_SOAK_START (default 0); writes
+# out/soak/summary.{md,json}. Fails when any program gets a silent wrong answer. See docs/soak.md.
+soak: $(STAMP)
+	PYTHONPATH=src $(PY) tests/soak.py --count $${RFLENS_SOAK:-10000} --start $${RFLENS_SOAK_START:-0} \
+		--jobs $${RFLENS_SOAK_JOBS:-2} --out out/soak
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || true
