@@ -39,15 +39,11 @@ FAMILIES = {
 }
 
 KNOWN_WRONG = {
-    "inputs": "class 1: side inputs get a spatial field (spurious 'global'), lists/dicts of tensors "
-              "are refused",
     "view": "class 3: a view taken before its base is written keeps its old field",
     "setitem": "class 3: slice assignment keeps the overwritten region's old paths",
-    "out": "class 2: out= of a pointwise op is read as an input",
     "fresh": "class 3: slices of fresh torch.zeros buffers are not followed (unknown)",
     "labels": "class 7: embedding (aten.index) has no rule: unknown",
     "compiled": "class 7: rows of a compiled model are named '_orig_mod.*'",
-    "resize": "class 5: a same-size resize with a scale factor other than 1 is a copy in PyTorch",
     "reduce": "class 9: a reduction over one axis broadcast back is left out of the clipped box",
     "select": "class 9: where/masked_fill with a buffer mask report the union of both branches",
     "mixed": "classes 1, 2, 3, 5, 7, 9 together",

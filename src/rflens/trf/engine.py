@@ -119,6 +119,20 @@ def _axis_fields(field: TensorField, n_spatial: int):
     return tuple(axes), tuple(factors)
 
 
+def _period(lo: np.ndarray, hi: np.ndarray) -> int | None:
+    """The smallest ``q`` with ``lo[i + q] = lo[i] + D`` and the same for ``hi`` over the table
+    (a resampling step computed in floating point repeats like this), None if none up to half
+    the table's length."""
+    n = len(lo)
+    if n < 2:
+        return 1 if n else None
+    for q in range(1, max(n // 2, 1) + 1):
+        d = lo[q] - lo[0] if q < n else 0
+        if np.all(lo[q:] - lo[:-q] == d) and np.all(hi[q:] - hi[:-q] == d):
+            return q
+    return None
+
+
 def axis_summary(m) -> AxisField:
     """Size, jump, padding and centre of a periodic map, or None with a reason where no single
     number describes the axis (see :class:`AxisField`)."""
@@ -128,9 +142,9 @@ def axis_summary(m) -> AxisField:
         units = np.arange(max(m.exact_units, 1), dtype=np.int64)
         lo, hi = m.evaluate(units)
         full = lo <= hi
-        steps = {int(v) for v in np.diff(lo[full])} | {int(v) for v in np.diff(hi[full])}
-        if full.all() and len(steps) <= 1:
-            jump = Fraction(steps.pop() if steps else 1)
+        period = _period(lo, hi) if full.all() else None
+        if period is not None:
+            jump = Fraction(int(lo[period] - lo[0]), period)
         else:
             jump = None
             notes.append("its units are not evenly spaced (a concatenation, roll or partial write "
