@@ -4,8 +4,8 @@
 Both rules cover *every* parameter of the model (docs/erf.md has the table):
 
 - :func:`uniformize` sets each parameter to one value per tensor: biases 0, a (transposed)
-  convolution or linear weight ``1/fan_in`` (``stride/fan_in`` transposed), any other parameter with
-  two or more dimensions ``1/prod(shape[1:])`` (a conv or linear weight kept in a bare
+  convolution or linear weight ``1/fan_in`` (``stride/fan_in`` transposed), a normalisation
+  module's weight 1, any other parameter with two or more dimensions ``1/prod(shape[1:])`` (a conv or linear weight kept in a bare
   ``nn.Parameter``; a ``(C, 1, 1)`` layer scale gets 1), any other vector or scalar 1.
 - :func:`redraw` calls every module's own initialiser (``reset_parameters``, or
   ``_reset_parameters`` as ``nn.MultiheadAttention`` has it) children first, as construction does;
@@ -24,6 +24,10 @@ import torch
 from torch import nn
 
 from rflens.errors import RflensError
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
 def _fan_in(p: torch.Tensor) -> int:
@@ -51,6 +55,8 @@ def uniformize(model: nn.Module) -> nn.Module:
             elif isinstance(module, nn.modules.conv._ConvTransposeNd) and name == "weight":
                 taps = math.prod(p.shape[2:]) / math.prod(module.stride)
                 p.fill_(1.0 / (p.shape[0] / module.groups * taps))
+            elif isinstance(module, _NORMS):
+                p.fill_(1.0)
             else:
                 p.fill_(1.0 / _fan_in(p))
     return model
