@@ -102,13 +102,15 @@ def analyze(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> 
     for name, m in rewritable.items():
         check_rewritable(name, m, d)
     cap, analysis = trace(model, (torch.empty_like(x, device="meta"),), d)
-    walk = _Walk(analysis.fields, modules, rewritable, d)
+    out = _root_output(cap)
+    used = {r.id for node in cap.nodes for r in _refs(tuple(node.args) + tuple(node.kwargs.values()))}
+    used.add(out.id if out is not None else None)
+    walk = _Walk(analysis.fields, modules, rewritable, d, used)
     for event in cap.modules:
         if event.name in rewritable:
             walk.record(event.name, _module_input(event, cap.nodes))
     for node in cap.nodes:
         walk.visit(node)
-    out = _root_output(cap)
     field_ = analysis.fields.get(out.id) if out is not None and out.id is not None else None
     if field_ is not None and out.id in walk.folded:
         raise RflensError(f"cannot rarefy {walk.folded[out.id]} folds the spatial axes into other "
@@ -121,8 +123,9 @@ class _Walk:
     """Checks every captured op and records the stride each rewritable module runs at."""
 
     def __init__(self, fields: dict[int, TensorField], modules: dict[str, nn.Module],
-                 rewritable: dict[str, nn.Module], d: int) -> None:
+                 rewritable: dict[str, nn.Module], d: int, used: set) -> None:
         self.fields, self.modules, self.rewritable, self.d = fields, modules, rewritable, d
+        self.used = used  # tensors some op reads, and the output: unused side outputs do not count
         self.layers: dict[str, Ints] = {}
         self.folded: dict[int, str] = {}  # tensor id -> the op that folded its spatial axes
 
@@ -132,7 +135,7 @@ class _Walk:
 
     def visit(self, node: Node) -> None:
         ins = [self.fields[r.id] for r in _refs(node.args) if r.id is not None and r.id in self.fields]
-        outs = [self.fields.get(r.id) for r in node.outputs if r.id is not None]
+        outs = [self.fields.get(r.id) for r in node.outputs if r.id is not None and r.id in self.used]
         outs = [f for f in outs if f is not None]
         if not ins or not outs:
             return
