@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean properties
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+properties: $(STAMP)
+	RFLENS_PROPERTY_EXAMPLES=500 $(PY) -m pytest -n 2 -q tests/test_erf_properties.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || true

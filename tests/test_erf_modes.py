@@ -296,3 +296,15 @@ def test_16_bit_images_are_scaled_by_their_own_range(tmp_path, suffix):
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(rgb, (expected[None] - mean[:, None, None]) / std[:, None, None],
                                atol=1e-5)
+
+
+def test_weight_standardisation_is_not_taken_for_batch_statistics():
+    from timm.layers import StdConv2d
+
+    torch.manual_seed(2)
+    model = nn.Sequential(StdConv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1))
+    x = noise(4, (1, 9, 9), dtype=torch.float32)
+    r = erf(model, (1, 9, 9), inputs=x, batch_size=4)
+    assert not any("batch statistics" in w for w in r.warnings)
+    assert r.settings["largest_pass"] == 4
+    np.testing.assert_allclose(r.raw, own_erf(model, x), rtol=1e-5)

@@ -332,7 +332,7 @@ def analytic_result(model: nn.Module | str, layer: str | None, input_shape: Sequ
     result = analytic_erf(net, layer, shape, unit)
     trf = result.trf
     notes = list(result.notes)
-    if result.clipped and not result.is_global:
+    if result.clipped and not result.notes:
         notes.append("the field reaches past an input that could not be enlarged; paths through the "
                      "border are missing")
     output_shape = _output_shape(net, layer, shape)

@@ -160,6 +160,9 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
     if field.trf is None:
         notes.append(f"{field.reason}: the ERF/TRF ratio is unknown")
         grad = work.gradient(input_shape, unit_t)
+        if _touches_border(grad):
+            notes.append("without a TRF the input cannot be enlarged, and the map reaches its border: "
+                         "paths through the border may be missing, so the mass outside is unknown")
         out = GraphERF(unit_t, whole, grad, _touches_border(grad), False, None, ())
         return _finish(out, work, model, layer, notes)
     trf = field.trf
@@ -172,7 +175,8 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
             if (given[outside] > 0).any():
                 return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
             decided = True
-    margins = _period_margins(trf.box, field.maps, spatial, extra=0 if decided else 1)
+    margins = _period_margins(trf.box, _periodic_maps(model, input_shape, layer, field.maps), spatial,
+                              extra=0 if decided else 1)
     why = None
     if margins is None:
         why = "the layer's grid has no period to enlarge the input by"
@@ -257,6 +261,20 @@ def _enlargement_problem(work: _Work, model: nn.Module, layer: str | None, shape
         return (f"enlarging the input to {'x'.join(map(str, big))} changes the layer's geometry "
                 "(size-dependent padding or crops)")
     return None
+
+
+def _periodic_maps(model: nn.Module, shape: tuple[int, ...], layer: str | None,
+                   maps: tuple[AxisMap, ...] | None) -> tuple[AxisMap, ...] | None:
+    """The layer's per-axis maps with their true period: a grid of one or a few units (an input
+    barely larger than the field) gives a map exact only for those units, whose shift is not the
+    period; the TRF at a doubled input shows it (the enlargement is verified either way)."""
+    if maps is None or all(m.exact_units is None for m in maps):
+        return maps
+    bigger = unit_field(model, (shape[0],) + tuple(2 * n for n in shape[1:]), layer,
+                        (0,) * (len(shape) - 1))
+    if bigger.maps is None or any(m.exact_units is not None for m in bigger.maps):
+        return None
+    return bigger.maps
 
 
 def _period_margins(box: Box, maps: Sequence[AxisMap] | None, spatial: tuple[int, ...],

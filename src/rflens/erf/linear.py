@@ -35,6 +35,7 @@ identity, so normalisations vanish) and changes nothing else.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable
 
 import torch
@@ -371,16 +372,24 @@ def _on_input(handler: Callable) -> Callable:
     return guarded
 
 
+@functools.cache
+def _tables(norms_only: bool) -> tuple[dict, dict, dict]:
+    """(replacements, non-linear ops to name, products to name when both factors depend)."""
+    table = _norm_table() if norms_only else _linear_table()
+    table = {f: (h if h in _SELF_GUARDED else _on_input(h)) for f, h in table.items()}
+    if norms_only:
+        return table, {}, {}
+    left = _functions(_TORCH, _LEFT) | _functions(((F, "F"),), _LEFT_F)
+    return table, left, _functions(_TORCH, _PRODUCTS, inplace=False)
+
+
 class _LinearMode(TorchFunctionMode):
     """See the module docstring. ``norms_only=True`` is :func:`norms_mode`."""
 
     def __init__(self, norms_only: bool = False) -> None:
         super().__init__()
         self.norms_only = norms_only
-        table = _norm_table() if norms_only else _linear_table()
-        self.table = {f: (h if h in _SELF_GUARDED else _on_input(h)) for f, h in table.items()}
-        self.left = {} if norms_only else _functions(_TORCH, _LEFT) | _functions(((F, "F"),), _LEFT_F)
-        self.products = {} if norms_only else _functions(_TORCH, _PRODUCTS, inplace=False)
+        self.table, self.left, self.products = _tables(norms_only)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -424,8 +433,10 @@ def norms_mode() -> contextlib.AbstractContextManager:
 
 
 class BatchStatsWatch(TorchFunctionMode):
-    """Counts ``batch_norm`` calls that normalise by statistics of the batch (BatchNorm without
-    running statistics, or called with ``training=True``): such a forward mixes the samples."""
+    """Counts ``batch_norm`` calls on data from the input (it requires grad; parameters must not)
+    that normalise by statistics of the batch (BatchNorm without running statistics, or called with
+    ``training=True``): such a forward mixes the samples. Weight standardisation (``batch_norm`` of
+    a weight) does not count."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -436,6 +447,8 @@ class BatchStatsWatch(TorchFunctionMode):
         if func is F.batch_norm:
             bound = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training"),
                              args)) | kwargs
-            if bound.get("training", False) or bound.get("running_mean") is None:
+            data = bound.get("input")
+            batch_stats = bound.get("training", False) or bound.get("running_mean") is None
+            if batch_stats and isinstance(data, Tensor) and (data.requires_grad or _dep(data)):
                 self.calls += 1
         return func(*args, **kwargs)

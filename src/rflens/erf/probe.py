@@ -18,6 +18,10 @@ from rflens.erf.settings import _Settings
 from rflens.erf.weights import load_state_dict, redraw, uniformize
 from rflens.trf.instrument import LayerRef, run_to_layer
 
+_CONV_FORWARDS = {c.forward for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                      nn.ConvTranspose2d, nn.ConvTranspose3d)}
+
+
 class _Probe:
     """The model prepared for a run (a private copy whenever anything must change), and the step
     that turns a batch of inputs into a batch of reduced ERF maps with one backward pass."""
@@ -67,6 +71,12 @@ class _Probe:
         weights = self.settings.weights
         if weights == "uniform":
             uniformize(model)
+            custom = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                      if isinstance(m, nn.modules.conv._ConvNd) and type(m).forward not in _CONV_FORWARDS]
+            if custom:
+                self._note(f"weights='uniform' set equal weights in {_names(custom)}, which override "
+                           "the convolution's forward: what they compute from them need not be a mean "
+                           "(weight standardisation turns equal weights into zeros)")
         elif weights == "random":
             kept = redraw(model, sample_seed(self.seed, 0, stream=1))
             if kept:
@@ -178,7 +188,7 @@ class _Probe:
         except Exception as exc:  # some ops do not vmap: draw the weights per sample instead
             self.use_vmap = False
             self._note(f"per-sample random weights could not be batched ({type(exc).__name__}); "
-                              "ran one sample at a time")
+                       "ran one sample at a time")
             raise _Retry from exc
 
     def _draw(self, index: int) -> dict[str, torch.Tensor]:
