@@ -320,6 +320,8 @@ def test_global_branches_are_kept_over_the_whole_input(pool):
     assert outside_local > 0.2  # the pooled branch's share, which a crop to the local box loses
     r = analytic_result(model, None, shape)
     assert math.isnan(r.metrics.outside_fraction)
+    assert r.trf.is_global and r.trf.size == (24, 24)  # the TRF of a global unit: the whole input
+    assert all(v < 1 for v in r.metrics.erf_trf_ratio)
     assert any("global" in w for w in r.warnings)
     radius = r.metrics.mass_radius[0.95]
     ys, xs = np.indices(oracle.shape)

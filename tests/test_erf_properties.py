@@ -87,8 +87,8 @@ class Block(nn.Module):
             return self.layer(x)
         if kind == "residual":
             return x + self.layer(x if twin else F.relu(x))
-        if kind == "global":
-            return x + x.mean((2, 3), keepdim=True)
+        if kind == "global":  # a pooled context, or a running sum along the width
+            return x + (x.mean((2, 3), keepdim=True) if self.variant % 2 else x.cumsum(3) / x.shape[3])
         if kind == "gate":
             return x if twin else x * torch.sigmoid(self.layer(x.mean((2, 3), keepdim=True)))
         if kind == "norm":

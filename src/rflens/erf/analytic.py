@@ -332,6 +332,12 @@ def analytic_result(model: nn.Module | str, layer: str | None, input_shape: Sequ
     result = analytic_erf(net, layer, shape, unit)
     trf = result.trf
     notes = list(result.notes)
+    if result.is_global and trf is not None:  # the TRF of a global unit is the whole input
+        whole = tuple((0, n - 1) for n in shape[1:])
+        trf = TRFInfo(box=whole, size=tuple(shape[1:]), center=trf.center, jump=trf.jump,
+                      is_global=True)
+        notes.append("the TRF of a global unit is the whole input: the ERF/TRF ratio is taken "
+                     "against it (radii and squares stay centred on the local field's centre)")
     if result.clipped and not result.notes:
         notes.append("the field reaches past an input that could not be enlarged; paths through the "
                      "border are missing")

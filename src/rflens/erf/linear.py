@@ -88,6 +88,11 @@ def _dep(t: Any) -> bool:
     return t.requires_grad and t.is_leaf and not isinstance(t, nn.Parameter)
 
 
+def _signal(t: Any) -> bool:
+    """A floating tensor that depends on the input (integer indices are never linearised)."""
+    return _dep(t) and t.is_floating_point()
+
+
 def _tensors(args: tuple, kwargs: dict) -> list[Tensor]:
     out = []
     for a in list(args) + list(kwargs.values()):
@@ -133,7 +138,7 @@ def _first(args: tuple, kwargs: dict, key: str = "input") -> Any:
 
 def _identity(func, args, kwargs):
     x = _first(args, kwargs)
-    if not _dep(x):
+    if not _signal(x):
         return func(*args, **kwargs), _tensors(args, kwargs)
     return (x if _inplace(func, args, kwargs) else _fresh(x)), [x]
 
@@ -143,7 +148,7 @@ def _binary_extreme(func, args, kwargs):
     a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
     if not isinstance(b, Tensor):
         return _reduce_extreme(func, args, kwargs)
-    da, db = _dep(a), _dep(b)
+    da, db = _signal(a), _signal(b)
     if not (da or db):
         return func(*args, **kwargs), [a, b]
     shape = torch.broadcast_shapes(a.shape, b.shape)
@@ -156,7 +161,7 @@ def _binary_extreme(func, args, kwargs):
 def _reduce_extreme(func, args, kwargs):
     """max/min over a dimension or all: the mean over the same dimensions."""
     x = args[0]
-    if not _dep(x):
+    if not _signal(x):
         return func(*args, **kwargs), [x]
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
@@ -169,7 +174,7 @@ def _reduce_extreme(func, args, kwargs):
 
 def _amax(func, args, kwargs):
     x = args[0]
-    if not _dep(x):
+    if not _signal(x):
         return func(*args, **kwargs), [x]
     dim = args[1] if len(args) > 1 else kwargs.get("dim", ())
     keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
@@ -187,8 +192,8 @@ def _where(func, args, kwargs):
         b = args[2] if len(args) > 2 else kwargs.get("other")
     if not _dep(cond):
         return func(*args, **kwargs), _tensors(args, kwargs)
-    keep = a if _dep(a) or not _dep(b) else b
-    if not _dep(keep):
+    keep = a if _signal(a) or not _signal(b) else b
+    if not _signal(keep):
         out = func(*args, **kwargs)
         return out, []  # a choice between constants: no path to the input
     shape = torch.broadcast_shapes(*(t.shape for t in (cond, a, b) if isinstance(t, Tensor)))
@@ -197,14 +202,14 @@ def _where(func, args, kwargs):
 
 def _masked_fill(func, args, kwargs):
     x, mask = args[0], args[1] if len(args) > 1 else kwargs.get("mask")
-    if not _dep(mask) or not _dep(x):
+    if not _dep(mask) or not _signal(x):
         return func(*args, **kwargs), _tensors(args, kwargs)
     return (x if _inplace(func, args, kwargs) else _fresh(x)), [x]
 
 
 def _mul(func, args, kwargs):
     a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
-    if not (_dep(a) and _dep(b)):
+    if not (_signal(a) and _signal(b)):
         return func(*args, **kwargs), _tensors(args, kwargs)
     if _inplace(func, args, kwargs):
         return a, [a]
@@ -214,7 +219,7 @@ def _mul(func, args, kwargs):
 
 def _div(func, args, kwargs):
     a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
-    if not _dep(b) or kwargs.get("rounding_mode") is not None:
+    if not _signal(b) or kwargs.get("rounding_mode") is not None:
         out = func(*args, **kwargs)
         extra = {"floor/trunc division"} if kwargs.get("rounding_mode") and _dep(a) else set()
         return out, _tensors(args, kwargs), frozenset(extra)
@@ -227,7 +232,7 @@ def _div(func, args, kwargs):
 
 def _normalize(func, args, kwargs):
     x = _first(args, kwargs)
-    if not _dep(x):
+    if not _signal(x):
         return func(*args, **kwargs), [x]
     return _fresh(x), [x]
 
@@ -366,7 +371,7 @@ def _on_input(handler: Callable) -> Callable:
     """``handler`` only where the first argument depends on the input; constants (a weight
     standardised by ``batch_norm``, a pooled buffer) are computed as they are."""
     def guarded(func, args, kwargs):
-        if not _dep(_first(args, kwargs)):
+        if not _signal(_first(args, kwargs)):
             return func(*args, **kwargs), _tensors(args, kwargs)
         return handler(func, args, kwargs)
     return guarded
@@ -403,9 +408,9 @@ class _LinearMode(TorchFunctionMode):
         else:
             out = func(*args, **kwargs)
             sources = _tensors(args, kwargs)
-            if func in self.left and any(_dep(t) for t in sources) and not _linear_power(func, args):
+            if func in self.left and any(_signal(t) for t in sources) and not _linear_power(func, args):
                 extra = frozenset({self.left[func]})
-            elif func in self.products and sum(_dep(t) for t in sources) >= 2:
+            elif func in self.products and sum(_signal(t) for t in sources) >= 2:
                 extra = frozenset({f"{self.products[func]} of two input-dependent tensors"})
         if getattr(func, "__name__", "") == "__setitem__" and args:
             _mark(args[0], sources, extra)
