@@ -191,11 +191,13 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
                                    max_memory)
         if why is None:
             grad = work.gradient(big, big_unit)
-            if not decided:
-                outside = ~_box_mask(_shift(trf.box, margins), big[1:])
-                if (grad[outside] > 0).any():
-                    return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
-            return _finish(_local(unit_t, trf, grad, margins, notes), work, model, layer, notes)
+            beyond = (grad[~_box_mask(_shift(trf.box, margins), big[1:])] > 0).any()
+            if beyond and not decided:
+                return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
+            if not beyond:
+                return _finish(_local(unit_t, trf, grad, margins, notes), work, model, layer, notes)
+            why = (f"on the enlarged input {'x'.join(map(str, big))} paths reach beyond the unit's "
+                   "TRF box")
     if given is None:
         given = work.gradient(input_shape, unit_t)
     if not decided:  # cannot tell local from global: the map on the input as given, flagged global
@@ -260,6 +262,9 @@ def _enlargement_problem(work: _Work, model: nn.Module, layer: str | None, shape
     if moved.trf is None or moved.trf.box != _shift(trf.box, margins):
         return (f"enlarging the input to {'x'.join(map(str, big))} changes the layer's geometry "
                 "(size-dependent padding or crops)")
+    if moved.trf.is_global != trf.is_global:
+        return (f"enlarging the input to {'x'.join(map(str, big))} changes the layer's geometry "
+                "(an axis pooled from one unit becomes a global pool)")
     return None
 
 
