@@ -170,13 +170,12 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
     decided = not trf.is_global  # whether the linearised field is known to be local
     if trf.is_global:
         given = work.gradient(input_shape, unit_t)
-        outside = ~_box_mask(trf.box, spatial)
-        if outside.any():
-            if (given[outside] > 0).any():
-                return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
-            decided = True
+        if (given[~_box_mask(trf.box, spatial)] > 0).any():
+            return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
+        # no mass outside the local box here proves nothing (a global path may land inside it):
+        # decide on an input with whole fields of room on each side of the box
     margins = _period_margins(trf.box, _periodic_maps(model, input_shape, layer, field.maps), spatial,
-                              extra=0 if decided else 1)
+                              detect=not decided)
     why = None
     if margins is None:
         why = "the layer's grid has no period to enlarge the input by"
@@ -283,16 +282,19 @@ def _periodic_maps(model: nn.Module, shape: tuple[int, ...], layer: str | None,
 
 
 def _period_margins(box: Box, maps: Sequence[AxisMap] | None, spatial: tuple[int, ...],
-                    extra: int = 0) -> list[tuple[int, int, int]] | None:
+                    detect: bool = False) -> list[tuple[int, int, int]] | None:
     """Per axis ``(before, after, units)``: pixels to add before/after (whole periods ``D`` of the
-    output grid) so ``box`` fits with ``extra`` pixels to spare, and how many units the probed unit
-    moves (``before / D * q``). None when an axis that needs room has no period."""
+    output grid) so ``box`` fits, and how many units the probed unit moves (``before / D * q``).
+    ``detect``: leave room for a whole field plus a period on both sides of the box, so units whose
+    fields lie entirely outside it exist (a global path through them shows outside the box). None
+    when an axis that needs room has no period."""
     if maps is None:
         return None
     out = []
     for (lo, hi), m, n in zip(box, maps, spatial):
-        need_before = max(0, -lo) + (extra if lo <= 0 else 0)
-        need_after = max(0, hi - (n - 1)) + (extra if hi >= n - 1 else 0)
+        room = (hi - lo + 1) + max(int(m.shift), 1) if detect else 0
+        need_before = max(0, room - lo) if detect else max(0, -lo)
+        need_after = max(0, hi + room - (n - 1)) if detect else max(0, hi - (n - 1))
         if not need_before and not need_after:
             out.append((0, 0, 0))
             continue
