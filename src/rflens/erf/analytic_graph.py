@@ -18,7 +18,9 @@ What the map covers (the choices, docs/erf.md "Analytic ERF"):
   weights are ``1/N`` of the map it pools). Paths that end in zero padding are not counted, so the
   mass outside the input is unknown (NaN). A field marked global only through a multiplicative
   gate (squeeze-and-excitation: a constant under linearisation) or a normalisation (affine under
-  linearisation) is local here; a note says so.
+  linearisation) is local here; a note says so. Which one it is shows on the given input when the
+  map has mass outside the unit's local box, else on an input enlarged by a whole field and a
+  period beyond the box on each side (a surviving global path then reaches pixels outside it).
 - **No TRF** (an op without a rule): the map is the whole given input; the ERF/TRF ratio is
   unknown and a note says why.
 """
@@ -120,9 +122,10 @@ class _Work:
         self.left: set[str] = set()
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        x = mark_input(torch.zeros((1, *shape), dtype=torch.float64))  # linearised as in gradient()
         with torch.no_grad(), linear_mode():
             try:
-                y = run_to_layer(self.model, self.target, (torch.zeros((1, *shape), dtype=torch.float64),))
+                y = run_to_layer(self.model, self.target, (x,))
             except RflensError:
                 raise
             except Exception as exc:
@@ -174,8 +177,8 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
             return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
         # no mass outside the local box here proves nothing (a global path may land inside it):
         # decide on an input with whole fields of room on each side of the box
-    margins = _period_margins(trf.box, _periodic_maps(model, input_shape, layer, field.maps), spatial,
-                              detect=not decided)
+    maps = _periodic_maps(model, input_shape, layer, field.maps)
+    margins = _period_margins(trf.box, maps, spatial, detect=not decided)
     why = None
     if margins is None:
         why = "the layer's grid has no period to enlarge the input by"
@@ -184,19 +187,23 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
         return _finish(_local(unit_t, trf, grad, [(0, 0, 0)] * len(spatial), notes),
                        work, model, layer, notes)
     else:
-        big = (input_shape[0],) + tuple(n + a + b for n, (a, b, _) in zip(spatial, margins))
-        big_unit = tuple(u + k for u, (_, _, k) in zip(unit_t, margins))
-        why = _enlargement_problem(work, model, layer, input_shape, big, big_unit, trf, margins,
-                                   max_memory)
+        why, pooled = _enlargement_problem(work, model, layer, big_shape := _big(input_shape, margins),
+                                           _moved(unit_t, margins), trf, margins, max_memory)
+        if why is None and pooled and decided:
+            # a pool over one unit here becomes a global pool on the enlarged input: harmless only
+            # if no global path survives linearisation, which needs whole fields of room to show
+            margins = _period_margins(trf.box, maps, spatial, detect=True)
+            why, _ = _enlargement_problem(work, model, layer, big_shape := _big(input_shape, margins),
+                                          _moved(unit_t, margins), trf, margins, max_memory)
         if why is None:
-            grad = work.gradient(big, big_unit)
-            beyond = (grad[~_box_mask(_shift(trf.box, margins), big[1:])] > 0).any()
+            grad = work.gradient(big_shape, _moved(unit_t, margins))
+            beyond = (grad[~_box_mask(_shift(trf.box, margins), big_shape[1:])] > 0).any()
             if beyond and not decided:
                 return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
             if not beyond:
                 return _finish(_local(unit_t, trf, grad, margins, notes), work, model, layer, notes)
-            why = (f"on the enlarged input {'x'.join(map(str, big))} paths reach beyond the unit's "
-                   "TRF box")
+            why = (f"on the enlarged input {'x'.join(map(str, big_shape))} paths reach beyond the "
+                   "unit's TRF box" + (" (a pool over one unit becomes global)" if pooled else ""))
     if given is None:
         given = work.gradient(input_shape, unit_t)
     if not decided:  # cannot tell local from global: the map on the input as given, flagged global
@@ -243,28 +250,34 @@ def _finish(out: GraphERF, work: _Work, model: nn.Module, layer: str | None,
     return GraphERF(out.unit, out.box, out.map, out.clipped, out.is_global, out.trf, tuple(extra))
 
 
-def _enlargement_problem(work: _Work, model: nn.Module, layer: str | None, shape: tuple[int, ...],
-                         big: tuple[int, ...], big_unit: tuple[int, ...], trf: TRFInfo,
-                         margins: list, max_memory: int | None) -> str | None:
-    """Why the input cannot be enlarged to ``big`` (None when it can)."""
+def _big(shape: tuple[int, ...], margins: list) -> tuple[int, ...]:
+    return (shape[0],) + tuple(n + a + b for n, (a, b, _) in zip(shape[1:], margins))
+
+
+def _moved(unit: tuple[int, ...], margins: list) -> tuple[int, ...]:
+    return tuple(u + k for u, (_, _, k) in zip(unit, margins))
+
+
+def _enlargement_problem(work: _Work, model: nn.Module, layer: str | None, big: tuple[int, ...],
+                         big_unit: tuple[int, ...], trf: TRFInfo, margins: list,
+                         max_memory: int | None) -> tuple[str | None, bool]:
+    """Why the input cannot be enlarged to ``big`` (None when it can), and whether the unit's field
+    becomes global there (a pool over one unit that now pools several)."""
+    shown = "x".join(map(str, big))
     need = saved_bytes(work.model, work.target, big, torch.float64)
     if need is not None and 2 * need > memory_budget(torch.device("cpu"), max_memory):
-        return (f"enlarging the input to {'x'.join(map(str, big))} so the field fits exceeds the "
-                "memory budget")
+        return f"enlarging the input to {shown} so the field fits exceeds the memory budget", False
     try:
         out = work.output_shape(big)
     except RflensError:
-        return f"the model does not run on the enlarged input {'x'.join(map(str, big))}"
+        return f"the model does not run on the enlarged input {shown}", False
     if len(out) != len(big_unit) or any(not 0 <= u < n for u, n in zip(big_unit, out)):
-        return f"the enlarged input {'x'.join(map(str, big))} does not move the unit by whole periods"
+        return f"the enlarged input {shown} does not move the unit by whole periods", False
     moved = unit_field(model, big, layer, big_unit)
     if moved.trf is None or moved.trf.box != _shift(trf.box, margins):
-        return (f"enlarging the input to {'x'.join(map(str, big))} changes the layer's geometry "
-                "(size-dependent padding or crops)")
-    if moved.trf.is_global != trf.is_global:
-        return (f"enlarging the input to {'x'.join(map(str, big))} changes the layer's geometry "
-                "(an axis pooled from one unit becomes a global pool)")
-    return None
+        return (f"enlarging the input to {shown} changes the layer's geometry (size-dependent "
+                "padding or crops)"), False
+    return None, moved.trf.is_global and not trf.is_global
 
 
 def _periodic_maps(model: nn.Module, shape: tuple[int, ...], layer: str | None,
