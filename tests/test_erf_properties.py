@@ -155,8 +155,9 @@ def test_analytic_erf_equals_the_path_counts_of_a_truly_linear_twin(specs, c, n)
     try:
         with torch.no_grad():
             out = twin(torch.zeros(1, 1, n, n, dtype=DT))
-    except RuntimeError:
-        assume(False)  # the input is too small for this network
+            model(torch.zeros(1, 1, n, n, dtype=DT))
+    except (RuntimeError, ValueError):
+        assume(False)  # the input is too small for this network (or a norm over one value)
     assume(min(out.shape[2:]) >= 1)
     centre = tuple(m // 2 for m in out.shape[2:])
     try:
