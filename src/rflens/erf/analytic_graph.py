@@ -178,14 +178,23 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
         # no mass outside the local box here proves nothing (a global path may land inside it):
         # decide on an input with whole fields of room on each side of the box
     maps = _periodic_maps(model, input_shape, layer, field.maps)
+    if maps is not None and maps is not field.maps:
+        # on a grid of a few units the engine extrapolates the box of a unit reading padding; the
+        # layer's periodic grid gives it exactly (the enlarged input's TRF confirms it below)
+        box = tuple(m.interval(u) for m, u in zip(maps, unit_t))
+        trf = TRFInfo(box=box, size=tuple(hi - lo + 1 for lo, hi in box),
+                      center=tuple((lo + hi) / 2 for lo, hi in box), jump=trf.jump,
+                      is_global=trf.is_global)
     margins = _period_margins(trf.box, maps, spatial, detect=not decided)
     why = None
     if margins is None:
         why = "the layer's grid has no period to enlarge the input by"
     elif not any(a or b for a, b, _ in margins):
-        grad = given if given is not None else work.gradient(input_shape, unit_t)
-        return _finish(_local(unit_t, trf, grad, [(0, 0, 0)] * len(spatial), notes),
-                       work, model, layer, notes)
+        given = given if given is not None else work.gradient(input_shape, unit_t)
+        if not (given[~_box_mask(trf.box, spatial)] > 0).any():
+            return _finish(_local(unit_t, trf, given, [(0, 0, 0)] * len(spatial), notes),
+                           work, model, layer, notes)
+        why = "paths reach beyond the unit's TRF box"
     else:
         why, pooled = _enlargement_problem(work, model, layer, big_shape := _big(input_shape, margins),
                                            _moved(unit_t, margins), trf, margins, max_memory)
@@ -206,6 +215,7 @@ def graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
                    "unit's TRF box" + (" (a pool over one unit becomes global)" if pooled else ""))
     if given is None:
         given = work.gradient(input_shape, unit_t)
+    trf = field.trf  # the engine's own box: the periodic one was not confirmed
     if not decided:  # cannot tell local from global: the map on the input as given, flagged global
         return _finish(_global(unit_t, whole, given, trf, spatial), work, model, layer, notes)
     notes.append(f"{why}: the map is computed on the input as given, and paths through the border "
