@@ -1,8 +1,8 @@
 """What the float32 underflow check inside the backward costs.
 
-An ERF run in float32 (the default for ``weights="as-is"``) hooks every autograd node on its first
-two batches (every batch with random weights) and keeps the smallest non-zero magnitude of each
-gradient it computes (:func:`rflens.erf.probe._watch_gradients`). This times one forward to the
+An ERF run in float32 (the default for ``weights="as-is"``) hooks, on its first batch, every
+autograd node that computes new gradient values and keeps the smallest non-zero magnitude of each
+gradient (:func:`rflens.erf.probe._watch_gradients`). This times one forward to the
 layer plus the input-gradient backward with and without those hooks, on the same batch, and prints
 the ratio (torchvision architectures with their random initialisation: nothing is downloaded).
 
