@@ -511,3 +511,17 @@ def test_norms_that_keep_the_grid_are_accepted() -> None:
         stitched = own_shift_and_stitch(model, x, 2)
         inner = (slice(None), slice(None), slice(4, 10), slice(4, 10))
         torch.testing.assert_close(dense[inner], stitched[inner], rtol=1e-12, atol=1e-12)
+
+
+def test_a_norm_over_a_one_unit_map_is_refused_too() -> None:
+    """On the example the strided map has one unit, where a GroupNorm mixes nothing; the rarefied
+    network runs it over many units, so it is refused all the same."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 2, 2), nn.Conv2d(2, 2, 2, 2), nn.Conv2d(2, 2, 2, 2),
+                          nn.GroupNorm(1, 2)).double().eval()
+    with pytest.raises(RflensError, match=r"cannot rarefy 3 \(GroupNorm\): .*native_group_norm"):
+        rarefy(model, (1, 8, 8))
+    x = _randn(1, 1, 16, 16, seed=6)
+    stitched = own_shift_and_stitch(model, x, 8)  # each shift normalises its own 2 x 2 positions
+    with torch.no_grad():
+        naive = model[3](rarefy(model[:3], x)(x))  # the norm run over the 9 x 9 dense map instead
+    assert (naive[..., :2, :2] - stitched[..., :2, :2]).abs().max() > 1e-3

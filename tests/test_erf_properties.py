@@ -286,8 +286,8 @@ def test_rarefy_equals_own_shift_and_stitch_or_names_the_op(specs, c, seed):
     try:
         with torch.no_grad():
             reference = model(x)
-    except RuntimeError:
-        assume(False)
+    except (RuntimeError, ValueError):
+        assume(False)  # the input is too small for this network (or a norm over one value)
     assume(min(reference.shape[2:]) >= 1)
     kinds = [spec[0] for spec in specs]
     refused = ["convT2"] if "convT2" in kinds else [k for k in kinds if k in REFUSAL]
