@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak experiments experiments-quick venv clean
+.PHONY: demo test bench soak properties experiments experiments-quick venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ test: $(STAMP)
 soak: $(STAMP)
 	PYTHONPATH=src $(PY) tests/soak.py --count $${RFLENS_SOAK:-10000} --start $${RFLENS_SOAK_START:-0} \
 		--jobs $${RFLENS_SOAK_JOBS:-2} --out out/soak
+
+properties: $(STAMP)
+	RFLENS_PROPERTY_EXAMPLES=500 $(PY) -m pytest -n 2 -q tests/test_erf_properties.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || true

@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import torch.nn.functional as F
 from torch import nn
 
 from rflens.erf.analytic import analytic_erf, analytic_result, chain_of, parse_chain, path_counts_1d
@@ -284,3 +285,189 @@ def test_enlargement_beyond_the_memory_budget_falls_back_to_a_flagged_clipped_ma
     np.testing.assert_allclose(a.map, forward_oracle(model, shape, (3, 3)), rtol=1e-9, atol=1e-15)
     b = analytic_erf(model, None, shape)
     assert not b.clipped and b.box == ((-4, 10), (-4, 10))
+
+
+# --- issue 12: global fields, the grid's period, no TRF, conv subclasses, gates -------------------
+
+class PooledContext(nn.Module):
+    """A DeepLab-style head: a local branch and an image-pooling branch broadcast back, concatenated."""
+
+    def __init__(self, pool: str = "adaptive") -> None:
+        super().__init__()
+        self.pool = pool
+        self.stem = nn.Conv2d(1, 2, 3, padding=1)
+        self.local = nn.Conv2d(2, 2, 3, padding=1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.pool == "adaptive":
+            context = F.adaptive_avg_pool2d(x, 1).expand_as(x)
+        else:  # a running sum along the width (cumsum): global to the left
+            context = x.cumsum(-1) / x.shape[-1]
+        return self.out(torch.cat([self.local(x), context], dim=1))
+
+
+@pytest.mark.parametrize("pool", ["adaptive", "cumsum"])
+def test_global_branches_are_kept_over_the_whole_input(pool):
+    model = set_mean_weights(PooledContext(pool))
+    shape = (1, 24, 24)
+    a = analytic_erf(model, None, shape)
+    oracle = forward_oracle(model, shape, a.unit)  # the network as it is, on the input as given
+    assert a.is_global and a.box == ((0, 23), (0, 23)) and not a.clipped
+    np.testing.assert_allclose(a.map, oracle, rtol=1e-9, atol=1e-15)
+    (lo, hi), (lo2, hi2) = a.trf.box
+    outside_local = 1 - oracle[max(lo, 0):hi + 1, max(lo2, 0):hi2 + 1].sum()
+    assert outside_local > 0.2  # the pooled branch's share, which a crop to the local box loses
+    r = analytic_result(model, None, shape)
+    assert math.isnan(r.metrics.outside_fraction)
+    assert r.trf.is_global and r.trf.size == (24, 24)  # the TRF of a global unit: the whole input
+    assert all(v < 1 for v in r.metrics.erf_trf_ratio)
+    assert any("global" in w for w in r.warnings)
+    radius = r.metrics.mass_radius[0.95]
+    ys, xs = np.indices(oracle.shape)
+    c = r.trf.center
+    dist = np.hypot(ys - c[0], xs - c[1]).ravel()
+    order = np.argsort(dist, kind="stable")
+    reach = dist[order][np.searchsorted(np.cumsum(oracle.ravel()[order]), 0.95)]
+    assert radius == pytest.approx(reach, abs=1.5)  # own 95 % radius, same centre (pixel rings)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 4, 1)
+        self.after = nn.Conv2d(4, 2, 5, padding=2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.after(x * gate)
+
+
+class Ungated(SqueezeExcite):
+    def forward(self, x):
+        return self.after(self.conv(x))
+
+
+def test_a_squeeze_excitation_gate_is_a_constant():
+    shape = (1, 6, 6)  # field 7 around unit 3: [0, 6] needs one more pixel on the right
+    a = analytic_erf(SqueezeExcite(), None, shape)
+    assert not a.is_global and a.box == ((0, 6), (0, 6)) and not a.clipped
+    twin = set_mean_weights(Ungated())
+    big = forward_oracle(twin, (1, 16, 16), (8, 8))  # same unit, 5 pixels of margin
+    np.testing.assert_allclose(a.map, big[5:12, 5:12], rtol=1e-9, atol=1e-15)
+    assert any("no global path survives" in n for n in a.notes)
+
+
+class DownUp(nn.Module):
+    """Strided convs, then transposed convs: jump 1, but the output repeats only every 4 pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d1 = nn.Conv2d(1, 2, 5, stride=2, padding=2)
+        self.d2 = nn.Conv2d(2, 2, 5, stride=2, padding=2)
+        self.u1 = nn.ConvTranspose2d(2, 2, 2, stride=2)
+        self.u2 = nn.ConvTranspose2d(2, 1, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x):
+        return self.u2(self.u1(self.d2(self.d1(x))))
+
+
+def set_mean_weights_t(model: nn.Module) -> nn.Module:
+    """Mean weights for convs; a transposed conv's output unit reads k/s taps per axis on average,
+    so its weight is s^2 / (c_in k^2) (the mass-preserving choice)."""
+    model = set_mean_weights(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.ConvTranspose2d):
+                (k, _), (s, _) = m.kernel_size, m.stride
+                m.weight.fill_(s * s / (m.in_channels * k * k))
+                m.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("n", range(3, 12))
+def test_down_up_networks_keep_the_phase_of_the_unit(n):
+    model = set_mean_weights_t(DownUp())
+    a = analytic_erf(model, None, (1, n, n))
+    margin = 12  # 12 input pixels = 3 periods of the 4-pixel output period: 12 units further on
+    big = forward_oracle(model, (1, n + 2 * margin, n + 2 * margin),
+                         (a.unit[0] + margin, a.unit[1] + margin))
+    (lo, hi), (lo2, hi2) = a.box
+    np.testing.assert_allclose(a.map, big[lo + margin:hi + margin + 1, lo2 + margin:hi2 + margin + 1],
+                               rtol=1e-9, atol=1e-15)
+    assert big[lo + margin:hi + margin + 1, lo2 + margin:hi2 + margin + 1].sum() == pytest.approx(1.0)
+
+
+class TinyUNet(nn.Module):
+    """A skip connection concatenated after down/up: runs only on even sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(1, 2, 5, padding=2)
+        self.down = nn.Conv2d(2, 2, 3, stride=2, padding=1)
+        self.mid = nn.Conv2d(2, 2, 5, padding=2)
+        self.up = nn.ConvTranspose2d(2, 2, 2, stride=2)
+        self.dec = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        skip = self.enc(x)
+        return self.dec(torch.cat([skip, self.up(self.mid(self.down(skip)))], dim=1))
+
+
+@pytest.mark.parametrize("n", [4, 6, 8])
+def test_u_nets_are_enlarged_by_whole_periods(n):
+    model = set_mean_weights_t(TinyUNet())
+    a = analytic_erf(model, None, (1, n, n))  # the field (> n) needs room; odd margins would crash
+    assert a.box[0][0] < 0 and not a.clipped
+    margin = 10
+    big = forward_oracle(model, (1, n + 2 * margin, n + 2 * margin),
+                         (a.unit[0] + margin, a.unit[1] + margin))
+    (lo, hi), (lo2, hi2) = a.box
+    np.testing.assert_allclose(a.map, big[lo + margin:hi + margin + 1, lo2 + margin:hi2 + margin + 1],
+                               rtol=1e-9, atol=1e-15)
+
+
+def test_without_a_trf_the_ratio_is_unknown():
+    from nets import Flip
+
+    model = set_mean_weights(Flip())
+    r = analytic_result(model, None, (1, 12, 12))
+    assert r.trf is None
+    assert all(math.isnan(v) for v in r.metrics.erf_trf_ratio)
+    assert any("ERF/TRF ratio is unknown" in w for w in r.warnings)
+    np.testing.assert_allclose(r.raw, forward_oracle(model, (1, 12, 12), r.unit), rtol=1e-9,
+                               atol=1e-15)
+
+
+def test_conv_subclasses_that_override_forward_are_followed():
+    from timm.layers import Conv2dSame, StdConv2d
+
+    seq = nn.Sequential(Conv2dSame(1, 2, 4, stride=2), nn.Conv2d(2, 2, 3, padding=1))
+    model = set_mean_weights(copy.deepcopy(seq))
+    a = analytic_erf(seq, None, (1, 11, 11))
+    assert not a.exact  # not trusted as a plain chain: followed as a graph
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 11, 11, dtype=torch.float64))
+    assert a.unit == tuple(n // 2 for n in out.shape[2:]) == (3, 3)  # 11 -> 6 with 'same' padding
+    np.testing.assert_allclose(a.on_input((1, 11, 11)), forward_oracle(model, (1, 11, 11), a.unit),
+                               rtol=1e-9, atol=1e-15)
+    with pytest.raises(RflensError, match=r"StdConv2d\).*override"):
+        analytic_erf(nn.Sequential(StdConv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)),
+                     None, (1, 10, 10))
+
+
+class ResidualSequential(nn.Sequential):
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+def test_a_sequential_with_its_own_forward_is_not_a_chain():
+    model = ResidualSequential(nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1))
+    assert chain_of(model) is None
+    a = analytic_erf(model, None, (1, 15, 15))
+    np.testing.assert_allclose(a.on_input((1, 15, 15)),
+                               forward_oracle(set_mean_weights(model), (1, 15, 15), a.unit),
+                               rtol=1e-9, atol=1e-15)

@@ -418,3 +418,110 @@ def test_cli_with_a_torchvision_model(capsys: pytest.CaptureFixture) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["jump"] == [4, 4] and data["shifts"] == 16 and data["compared"] == 9
     assert data["max_abs_diff"] < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# Ops that mix the grid, written in forward (issue 12, class 9): refused naming the op
+# ------------------------------------------------------------------------------------------------
+class Mixer(nn.Module):
+    def __init__(self, op, before_stride: bool = False) -> None:
+        super().__init__()
+        self.op, self.before = op, before_stride
+        self.a = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.before:
+            return self.b(self.a(self.op(x)))
+        return self.b(self.op(self.a(x)))
+
+
+MIXERS = {
+    "group_norm": (lambda x: F.group_norm(x, 2), "aten.native_group_norm"),
+    "layer_norm over C,H,W": (lambda x: F.layer_norm(x, x.shape[1:]), "aten.native_layer_norm"),
+    "layer_norm over H,W": (lambda x: F.layer_norm(x, x.shape[2:]), "aten.native_layer_norm"),
+    "instance_norm": (lambda x: F.instance_norm(x), "aten.native_batch_norm"),
+    "softmax along W": (lambda x: torch.softmax(x, dim=-1), "aten._softmax"),
+    "softmax over positions": (lambda x: x.flatten(2).softmax(-1).view_as(x), "aten._softmax"),
+    "normalize along W": (lambda x: F.normalize(x, dim=-1), "aten.linalg_vector_norm"),
+    "batch statistics": (lambda x: F.batch_norm(x, None, None, training=True), "aten.native_batch_norm"),
+}
+
+
+def own_shift_and_stitch(model: nn.Module, x: torch.Tensor, jump: int) -> torch.Tensor:
+    """Shift s crops x[..., s:, t:] and zero-pads at the far end; output i lands at J*i + s."""
+    outs = {}
+    with torch.no_grad():
+        for s in range(jump):
+            for t in range(jump):
+                outs[s, t] = model(F.pad(x[..., s:, t:], (0, t, 0, s)))
+    m = outs[0, 0].shape[-1]
+    dense = torch.zeros((*outs[0, 0].shape[:2], jump * outs[0, 0].shape[-2], jump * m), dtype=x.dtype)
+    for (s, t), y in outs.items():
+        dense[..., s::jump, t::jump] = y
+    return dense
+
+
+@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("before", [False, True])
+def test_ops_that_mix_the_grid_are_refused_by_name(name: str, before: bool) -> None:
+    op, aten = MIXERS[name]
+    model = Mixer(op, before).double().eval()
+    with pytest.raises(RflensError, match=rf"cannot rarefy <model> \(Mixer\): .*{aten}"):
+        rarefy(model, (2, 16, 16))
+    # the refusal is needed: the op makes the dense output differ from shift-and-stitch on the
+    # interior (field of dense unit n: [n-3, n+5] after the stride-2 conv and the 3x3 conv)
+    local = Mixer(lambda x: x, before).double().eval()
+    local.load_state_dict(model.state_dict())
+    x = _randn(1, 2, 16, 16, seed=4)
+    with torch.no_grad():
+        naive = rarefy(local, x)  # the rarefied layers, run with the op back in place
+        naive.op = op
+        dense = naive(x)
+    stitched = own_shift_and_stitch(model, x, 2)
+    inner = (slice(None), slice(None), slice(4, 10), slice(4, 10))
+    assert (dense[inner] - stitched[inner]).abs().max() > 1e-6  # far above float64 rounding
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d(4, track_running_stats=False), nn.GroupNorm(2, 4),
+                                  nn.InstanceNorm2d(4), nn.LayerNorm([4, 8, 8])],
+                         ids=lambda m: type(m).__name__)
+def test_norm_modules_over_space_are_refused_by_name(norm: nn.Module) -> None:
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), norm, nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.raises(RflensError, match=rf"cannot rarefy 1 \({type(norm).__name__}\): global/dense"):
+        rarefy(model.eval(), (2, 16, 16))
+
+
+def test_norms_that_keep_the_grid_are_accepted() -> None:
+    """Running statistics and normalisation over channels only are pointwise on the grid."""
+    class ChannelNorm(nn.Module):
+        def forward(self, x):
+            return F.normalize(x, dim=1) + F.layer_norm(x.movedim(1, -1), (4,)).movedim(-1, 1)
+
+    for mid in (nn.BatchNorm2d(4), nn.InstanceNorm2d(4, track_running_stats=True), ChannelNorm()):
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), mid,
+                              nn.Conv2d(4, 4, 3, padding=1)).double().eval()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        x = _randn(1, 2, 16, 16, seed=5)
+        with torch.no_grad():
+            dense = rarefy(model, x)(x)
+        stitched = own_shift_and_stitch(model, x, 2)
+        inner = (slice(None), slice(None), slice(4, 10), slice(4, 10))
+        torch.testing.assert_close(dense[inner], stitched[inner], rtol=1e-12, atol=1e-12)
+
+
+def test_a_norm_over_a_one_unit_map_is_refused_too() -> None:
+    """On the example the strided map has one unit, where a GroupNorm mixes nothing; the rarefied
+    network runs it over many units, so it is refused all the same."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 2, 2), nn.Conv2d(2, 2, 2, 2), nn.Conv2d(2, 2, 2, 2),
+                          nn.GroupNorm(1, 2)).double().eval()
+    with pytest.raises(RflensError, match=r"cannot rarefy 3 \(GroupNorm\): .*native_group_norm"):
+        rarefy(model, (1, 8, 8))
+    x = _randn(1, 1, 16, 16, seed=6)
+    stitched = own_shift_and_stitch(model, x, 8)  # each shift normalises its own 2 x 2 positions
+    with torch.no_grad():
+        naive = model[3](rarefy(model[:3], x)(x))  # the norm run over the 9 x 9 dense map instead
+    assert (naive[..., :2, :2] - stitched[..., :2, :2]).abs().max() > 1e-3

@@ -101,28 +101,56 @@ def analyze(model: nn.Module, example: Tensor | Sequence[int] | None = None) -> 
     rewritable = {name: m for name, m in modules.items() if isinstance(m, REWRITTEN)}
     for name, m in rewritable.items():
         check_rewritable(name, m, d)
-    cap, analysis = trace(model, (torch.empty_like(x, device="meta"),), d)
-    walk = _Walk(analysis.fields, modules, rewritable, d)
-    for event in cap.modules:
-        if event.name in rewritable:
-            walk.record(event.name, _module_input(event, cap.nodes))
-    for node in cap.nodes:
-        walk.visit(node)
+    geometry, single = _analyze_once(model, torch.empty_like(x, device="meta"), modules, rewritable)
+    if single:
+        # a map of one unit hides ops that mix the grid (a norm over one position is no norm), but
+        # the rarefied network runs them on many: check them again on a larger input
+        bigger = torch.empty((*x.shape[:2], *(4 * n for n in x.shape[2:])), dtype=x.dtype, device="meta")
+        try:
+            cap, analysis = trace(model, (bigger,), d)
+        except Exception:
+            return geometry  # the model does not run on a larger input: nothing more to learn
+        _walk(cap, analysis, modules, rewritable, d)
+    return geometry
+
+
+def _analyze_once(model: nn.Module, x: Tensor, modules: dict[str, nn.Module],
+                  rewritable: dict[str, nn.Module]) -> tuple[DenseGeometry, bool]:
+    """The geometry from one trace on ``x``, and whether some map had a single unit on an axis."""
+    d = x.ndim - 2
+    cap, analysis = trace(model, (x,), d)
+    walk = _walk(cap, analysis, modules, rewritable, d)
     out = _root_output(cap)
     field_ = analysis.fields.get(out.id) if out is not None and out.id is not None else None
     if field_ is not None and out.id in walk.folded:
         raise RflensError(f"cannot rarefy {walk.folded[out.id]} folds the spatial axes into other "
                           f"dimensions (flatten/reshape), which has no dense form; {TRUNCATE}")
     jump, lo, hi = _output_geometry(field_, out, d)
-    return DenseGeometry(jump, lo, hi, walk.layers)
+    return DenseGeometry(jump, lo, hi, walk.layers), walk.single
+
+
+def _walk(cap, analysis, modules: dict[str, nn.Module], rewritable: dict[str, nn.Module],
+          d: int) -> "_Walk":
+    out = _root_output(cap)
+    used = {r.id for node in cap.nodes for r in _refs(tuple(node.args) + tuple(node.kwargs.values()))}
+    used.add(out.id if out is not None else None)
+    walk = _Walk(analysis.fields, modules, rewritable, d, used)
+    for event in cap.modules:
+        if event.name in rewritable:
+            walk.record(event.name, _module_input(event, cap.nodes))
+    for node in cap.nodes:
+        walk.visit(node)
+    return walk
 
 
 class _Walk:
     """Checks every captured op and records the stride each rewritable module runs at."""
 
     def __init__(self, fields: dict[int, TensorField], modules: dict[str, nn.Module],
-                 rewritable: dict[str, nn.Module], d: int) -> None:
+                 rewritable: dict[str, nn.Module], d: int, used: set) -> None:
         self.fields, self.modules, self.rewritable, self.d = fields, modules, rewritable, d
+        self.used = used  # tensors some op reads, and the output: unused side outputs do not count
+        self.single = False  # some local map has a single unit on a spatial axis
         self.layers: dict[str, Ints] = {}
         self.folded: dict[int, str] = {}  # tensor id -> the op that folded its spatial axes
 
@@ -132,12 +160,15 @@ class _Walk:
 
     def visit(self, node: Node) -> None:
         ins = [self.fields[r.id] for r in _refs(node.args) if r.id is not None and r.id in self.fields]
-        outs = [self.fields.get(r.id) for r in node.outputs if r.id is not None]
+        outs = [self.fields.get(r.id) for r in node.outputs if r.id is not None and r.id in self.used]
         outs = [f for f in outs if f is not None]
         if not ins or not outs:
             return
         if node.module not in self.rewritable:  # ops inside a rewritten module are rewritten with it
             self._check(node, ins, outs)
+        self.single = self.single or any(
+            not f.is_global and any(size == 1 for size, _ in (_spatial_maps(f, self.d) or ()))
+            for f in outs)
         folded = next((self.folded[r.id] for r in _refs(node.args) if r.id in self.folded), None)
         for r in node.outputs:
             f = self.fields.get(r.id) if r.id is not None else None

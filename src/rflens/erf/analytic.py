@@ -9,12 +9,17 @@ number of paths from ``x`` to it (each layer weighted equally), so the ERF needs
   integers, exact at any depth; the 2-D map is the outer product of the per-axis counts.
   ``log10_map`` is computed from the exact integers, so a 200-layer stack neither overflows nor
   underflows there; ``map`` (float64, sums to 1) may underflow to 0 only in tails below 1e-308.
-- **Any other graph** the TRF engine handles: every weight set by :func:`rflens.erf.uniformize`
-  (each layer averages its inputs, so merges weigh their paths equally), activations made linear
-  (:func:`rflens.erf.linear_mode`: max pooling becomes average pooling), and one float64 backward
-  pass from the unit. The input is enlarged by whole multiples of the layer's jump until the unit's
-  TRF fits inside it, so no path is cut by the border (the field is reported unclipped), then the
-  map is cropped to the TRF box. Exact up to float64 rounding.
+  Only modules whose ``forward`` is PyTorch's own count as chain layers: a subclass that overrides
+  it (timm's ``Conv2dSame``, weight-standardised convs, a ``Sequential`` with its own forward) is
+  followed as a graph instead.
+- **Any other graph**: every weight set by :func:`rflens.erf.uniformize` (each layer averages its
+  inputs, so merges weigh their paths equally), activations made linear
+  (:func:`rflens.erf.linear_mode`: max pooling becomes average pooling, a gate becomes the constant
+  1), and one float64 backward pass from the unit to a zero input
+  (:mod:`rflens.erf.analytic_graph`: the input is enlarged by whole periods of the output grid so
+  the unit's local field fits and keeps its phase; a global field is computed on the input as
+  given and covers all of it; without a TRF the ERF/TRF ratio is unknown). Exact up to float64
+  rounding.
 
 For a plain chain both give the same normalised map; a layer's weights only matter through their
 equality (a constant factor per layer). Coordinates are 0-based input pixels; ``box`` gives the
@@ -23,7 +28,6 @@ inclusive input interval per axis that ``map`` covers.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,13 +38,10 @@ import torch
 from torch import nn
 
 from rflens.errors import RflensError
-from rflens.erf.api import trf_of_unit
-from rflens.erf.linear import linear_mode
-from rflens.erf.memory import memory_budget, saved_bytes
+from rflens.erf.analytic_graph import graph_erf
 from rflens.erf.probe import resolve_unit
 from rflens.erf.result import TRFInfo, build_result
 from rflens.erf.settings import _resolve_model, resolve_input_shape
-from rflens.erf.weights import uniformize
 from rflens.geometry.chain import ChainLayer, exact_variance, normalise_exact, outer, parse_chain, path_counts_1d
 from rflens.trf.instrument import LayerRef, eval_mode, run_to_layer
 
@@ -57,7 +58,9 @@ class AnalyticERF:
     ``axis_counts``: exact per-axis integer path counts (chains only; the map is their outer
     product, normalised). ``unit``: the probed unit (``None`` for a chain without an input shape:
     then the unit is 0 and ``box`` starts at ``-P``). ``clipped``: part of the field lies outside
-    an input that could not be enlarged (the map then misses those paths).
+    an input that could not be enlarged (the map then misses those paths). ``is_global``: some path
+    pools over a whole axis; the map covers the whole input as given. ``trf``: the unit's TRF
+    (None when unknown; for a chain its path-count box). ``notes``: what the map leaves out, and why.
     """
 
     layer: str | None
@@ -71,6 +74,9 @@ class AnalyticERF:
     exact: bool
     clipped: bool = False
     jump: tuple[float, ...] | None = None
+    is_global: bool = False
+    trf: TRFInfo | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def counts(self) -> np.ndarray | None:
@@ -112,8 +118,12 @@ class AnalyticERF:
         return out
 
     def outside_fraction(self, input_shape: Sequence[int] | None = None) -> float:
-        """Share of the map's mass outside the input (exact rational arithmetic for chains)."""
+        """Share of the map's mass outside the input (exact rational arithmetic for chains); NaN
+        when it is unknown (a clipped map misses the paths through the border, a global map those
+        that end in padding)."""
         spatial = _spatial(input_shape or self.input_shape)
+        if self.clipped or self.is_global:
+            return math.nan
         if self.axis_counts is not None:
             inside = Fraction(1)
             for counts, (lo, _), n in zip(self.axis_counts, self.box, spatial):
@@ -141,10 +151,21 @@ _POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.GELU, nn.SiLU, nn.Mi
               nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
 
 
+_CHAIN_FORWARDS = frozenset(cls.forward for cls in (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
+    nn.AvgPool2d, nn.AvgPool3d, nn.Sequential) + _POINTWISE)
+
+
+def _standard(module: nn.Module) -> bool:
+    """True when ``module`` runs PyTorch's own forward (a subclass may compute something else)."""
+    return type(module).forward in _CHAIN_FORWARDS
+
+
 def chain_of(model: nn.Module, layer: str | None = None) -> list[ChainLayer] | None:
     """The chain of ``model`` up to and including ``layer`` when ``model`` is a (nested)
-    ``nn.Sequential`` of convolutions, max/average pooling and pointwise layers; else None."""
-    if not isinstance(model, nn.Sequential):
+    ``nn.Sequential`` of convolutions, max/average pooling and pointwise layers, each running
+    PyTorch's own ``forward``; else None."""
+    if not isinstance(model, nn.Sequential) or not _standard(model):
         return None
     leaves = _leaves(model, "")
     if leaves is None:
@@ -169,6 +190,8 @@ def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]] | Non
     out = []
     for name, child in module.named_children():
         full = f"{prefix}{name}"
+        if not _standard(child):
+            return None
         if isinstance(child, nn.Sequential):
             inner = _leaves(child, full + ".")
             if inner is None:
@@ -230,97 +253,14 @@ def _chain_erf(layers: list[ChainLayer], ndim: int, input_shape: tuple[int, ...]
         counts.append(tuple(cnt))
     probs, logs = zip(*(normalise_exact(c) for c in counts))
     jump = tuple(float(math.prod(c.stride[a] for c in layers)) for a in range(ndim))
+    box = tuple(boxes)
+    trf = TRFInfo(box=box, size=tuple(hi - lo + 1 for lo, hi in box),
+                  center=tuple((lo + hi) / 2 for lo, hi in box), jump=jump)
     return AnalyticERF(layer=layer, method="chain: exact integer path counts", input_shape=input_shape,
-                       unit=unit_t, box=tuple(boxes), map=outer(probs, np.multiply),
-                       log10_map=outer(logs, np.add), axis_counts=tuple(counts), exact=True, jump=jump)
+                       unit=unit_t, box=box, map=outer(probs, np.multiply),
+                       log10_map=outer(logs, np.add), axis_counts=tuple(counts), exact=True, jump=jump,
+                       trf=trf)
 
-
-
-# --- graphs ---------------------------------------------------------------------------------------
-
-def _graph_erf(model: nn.Module, layer: str | None, input_shape: tuple[int, ...],
-               unit: Any, max_memory: int | None = None) -> AnalyticERF:
-    work = uniformize(copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval())
-    target = LayerRef.parse(layer, work)
-    with torch.no_grad(), linear_mode():
-        y = run_to_layer(work, target, (torch.zeros((1, *input_shape), dtype=torch.float64),))
-    if y.dim() < 3:
-        raise RflensError(f"layer '{layer}' outputs shape {tuple(y.shape)} with no spatial axes")
-    unit_t = resolve_unit(unit, tuple(y.shape[2:]), layer)
-    trf, _ = trf_of_unit(model, input_shape, layer, unit_t)
-    margins = _margins(trf, input_shape[1:])
-    if not _affordable(work, target, input_shape, margins, max_memory):
-        margins = [(0, 0) for _ in margins]  # too big to enlarge: the border cuts paths (flagged)
-    big_shape = (input_shape[0],) + tuple(n + a + b for n, (a, b) in zip(input_shape[1:], margins))
-    big_unit = tuple(u + a // int(j) for u, (a, _), j in
-                     zip(unit_t, margins, trf.jump if trf else (1,) * len(unit_t)))
-    grad = _unit_gradient(work, target, big_shape, big_unit)
-    if trf is not None and _fits(trf.box, margins, big_shape[1:]):
-        box = trf.box
-        crop = tuple(slice(lo + a, hi + a + 1) for (lo, hi), (a, _) in zip(box, margins))
-        clipped = False
-    else:
-        box = tuple((0, n - 1) for n in big_shape[1:])
-        crop = tuple(slice(None) for _ in box)
-        clipped = _touches_border(grad)
-    m = grad[crop]
-    total = m.sum()
-    if not total > 0:
-        raise RflensError(f"the analytic ERF of layer '{layer}' is empty (no path reaches the unit)")
-    m = m / total
-    with np.errstate(divide="ignore"):
-        logs = np.log10(m)
-    return AnalyticERF(layer=layer, method="graph: float64 backward, uniform weights, linear",
-                       input_shape=tuple(input_shape), unit=unit_t, box=tuple(box), map=m,
-                       log10_map=logs, axis_counts=None, exact=False, clipped=clipped,
-                       jump=trf.jump if trf else None)
-
-
-def _affordable(model: nn.Module, target: LayerRef, shape: tuple[int, ...],
-                margins: list[tuple[int, int]], max_memory: int | None) -> bool:
-    """True when one float64 backward on the enlarged input fits the memory budget."""
-    if not any(a or b for a, b in margins):
-        return True
-    big = (shape[0],) + tuple(n + a + b for n, (a, b) in zip(shape[1:], margins))
-    need = saved_bytes(model, target, big, torch.float64)
-    return need is None or 2 * need <= memory_budget(torch.device("cpu"), max_memory)
-
-
-def _fits(box: tuple, margins: list, spatial: tuple[int, ...]) -> bool:
-    return all(lo + a >= 0 and hi + a <= n - 1 for (lo, hi), (a, _), n in zip(box, margins, spatial))
-
-
-def _margins(trf: Any, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Pixels to add before/after each axis (whole multiples of the jump) so the box fits."""
-    if trf is None:
-        return [(0, 0) for _ in spatial]
-    out = []
-    for (lo, hi), j, n in zip(trf.box, trf.jump, spatial):
-        if float(j) != int(j) or int(j) < 1:
-            return [(0, 0) for _ in spatial]
-        j = int(j)
-        before = -(-max(0, -lo) // j) * j
-        after = -(-max(0, hi - (n - 1)) // j) * j
-        out.append((before, after))
-    return out
-
-
-def _unit_gradient(model: nn.Module, target: LayerRef, shape: tuple[int, ...],
-                   unit: tuple[int, ...]) -> np.ndarray:
-    x = torch.zeros((1, *shape), dtype=torch.float64, requires_grad=True)
-    with linear_mode(), torch.enable_grad():
-        y = run_to_layer(model, target, (x,))
-        (grad,) = torch.autograd.grad(y[(0, slice(None)) + unit].sum(), x, allow_unused=True)
-    if grad is None:
-        return np.zeros(shape[1:])
-    return grad[0].abs().sum(dim=0).numpy()
-
-
-def _touches_border(m: np.ndarray) -> bool:
-    for ax in range(m.ndim):
-        if np.take(m, 0, axis=ax).any() or np.take(m, m.shape[ax] - 1, axis=ax).any():
-            return True
-    return False
 
 
 # --- entry points ---------------------------------------------------------------------------------
@@ -359,7 +299,16 @@ def analytic_erf(model_or_spec: nn.Module | str | Sequence[Any], layer: str | No
         return _chain_erf(chain, dims, shape, unit, layer)
     if shape is None:
         raise RflensError("the analytic ERF of a non-chain model needs input_shape, e.g. (3, 224, 224)")
-    return _graph_erf(model_or_spec, layer, shape, unit, max_memory)
+    graph = graph_erf(model_or_spec, layer, shape, unit, max_memory)
+    total = graph.map.sum()
+    m = graph.map / total
+    with np.errstate(divide="ignore"):
+        logs = np.log10(m)
+    return AnalyticERF(layer=layer, method="graph: float64 backward, uniform weights, linear",
+                       input_shape=tuple(shape), unit=graph.unit, box=graph.box, map=m, log10_map=logs,
+                       axis_counts=None, exact=False, clipped=graph.clipped,
+                       jump=graph.trf.jump if graph.trf else None, is_global=graph.is_global,
+                       trf=graph.trf, notes=graph.notes)
 
 
 def _shape(input_shape: Any, meta: dict) -> tuple[int, ...] | None:
@@ -381,18 +330,25 @@ def analytic_result(model: nn.Module | str, layer: str | None, input_shape: Sequ
     net, meta, name = _resolve_model(model)
     shape = resolve_input_shape(input_shape, meta, name)
     result = analytic_erf(net, layer, shape, unit)
-    box = result.box
-    jump = result.jump or tuple(float("nan") for _ in box)
-    trf = TRFInfo(box=box, size=result.size, center=tuple((lo + hi) / 2 for lo, hi in box), jump=jump)
-    notes = ["the field reaches past an input that could not be enlarged; paths through the border "
-             "are missing"] if result.clipped else []
+    trf = result.trf
+    notes = list(result.notes)
+    if result.is_global and trf is not None:  # the TRF of a global unit is the whole input
+        whole = tuple((0, n - 1) for n in shape[1:])
+        trf = TRFInfo(box=whole, size=tuple(shape[1:]), center=trf.center, jump=trf.jump,
+                      is_global=True)
+        notes.append("the TRF of a global unit is the whole input: the ERF/TRF ratio is taken "
+                     "against it (radii and squares stay centred on the local field's centre)")
+    if result.clipped and not result.notes:
+        notes.append("the field reaches past an input that could not be enlarged; paths through the "
+                     "border are missing")
     output_shape = _output_shape(net, layer, shape)
+    outside = result.outside_fraction(shape)
+    how = "exact (analytic map)" if math.isfinite(outside) else "unknown (analytic map: see warnings)"
     return build_result(result.on_input(shape), model=name, layer=layer, input_shape=shape,
                         output_shape=output_shape, unit=result.unit, samples=0, method="analytic",
                         settings={"weights": "uniform", "activations": "linear",
                                   "computation": result.method, "exact": result.exact},
-                        trf=trf, notes=notes, outside_fraction=result.outside_fraction(shape),
-                        outside_method="exact (analytic map)")
+                        trf=trf, notes=notes, outside_fraction=outside, outside_method=how)
 
 
 def _output_shape(model: nn.Module, layer: str | None, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -14,7 +14,9 @@ fixed order, so a run is reproducible and does not depend on the batch size:
 
 Images are converted to RGB (3 channels) or grayscale (1), resized so the shorter side matches the
 input and centre-cropped, scaled to [0, 1] and normalised with the ImageNet mean and std (RGB) or
-mean 0.5, std 0.5 (grayscale).
+mean 0.5, std 0.5 (grayscale). 8-bit images are scaled by 1/255; images with wider pixels (16- and
+32-bit integer, float: PIL modes ``I;16``, ``I``, ``F``) by their own range, ``(v - min) / (max -
+min)`` (a constant image becomes 0), and a single-channel one is repeated for an RGB input.
 """
 
 from __future__ import annotations
@@ -190,9 +192,11 @@ def load_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     channels, height, width = shape
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
+            img, scale = _unit_range(img, channels)
             img = _resize_crop(img, height, width)
-            array = np.asarray(img, dtype=np.float32) / 255.0
+            array = np.clip(np.asarray(img, dtype=np.float32) / scale, 0.0, 1.0)  # bicubic overshoot
+        if channels == 3 and array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
     except OSError as exc:
         raise RflensError(f"cannot read image '{path}': {exc}; remove it or convert it to PNG") from exc
     t = torch.from_numpy(array.copy())
@@ -200,6 +204,20 @@ def load_image(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     mean = IMAGENET_MEAN if channels == 3 else (0.5,)
     std = IMAGENET_STD if channels == 3 else (0.5,)
     return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def _unit_range(img: Any, channels: int) -> tuple[Any, float]:
+    """The image in a mode PIL can resize, and the number that scales it to [0, 1]: 8-bit modes
+    converted to RGB/L (scale 255); wider modes (``I;16*``, ``I``, ``F``) as one float channel
+    scaled by the image's own range (scale 1)."""
+    from PIL import Image
+
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        values = np.asarray(img, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        values = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+        return Image.fromarray(values.astype(np.float32), mode="F"), 1.0
+    return img.convert("RGB" if channels == 3 else "L"), 255.0
 
 
 def _resize_crop(img: Any, height: int, width: int) -> Any:

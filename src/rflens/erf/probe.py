@@ -7,6 +7,7 @@ import contextlib
 import copy
 import itertools
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,14 @@ from torch import nn
 
 from rflens.errors import RflensError
 from rflens.erf.inputs import sample_seed
-from rflens.erf.linear import linear_mode
+from rflens.erf.linear import BatchStatsWatch, left_nonlinear, linear_mode, mark_input, norms_mode
 from rflens.erf.settings import _Settings
 from rflens.erf.weights import load_state_dict, redraw, uniformize
 from rflens.trf.instrument import LayerRef, run_to_layers
+
+_CONV_FORWARDS = {c.forward for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                      nn.ConvTranspose2d, nn.ConvTranspose3d)}
+
 
 class _Probe:
     """The model prepared for a run (a private copy whenever anything must change), and the step
@@ -41,7 +46,7 @@ class _Probe:
         self.dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
         self.auto_dtype = dtype is None
         self.model: nn.Module | None = None
-        self.notes: list[str] = []
+        self._notes: list[str] = []
         self.unit: tuple[int, ...] | None = None
         self.output_shape: tuple[int, ...] | None = None
         self.output_shapes: list[tuple[int, ...]] | None = None
@@ -52,6 +57,11 @@ class _Probe:
         self.underflow_risk = False
         self._modes: dict[nn.Module, bool] = {}
         self._grads: dict[nn.Parameter, bool] = {}
+        self.per_sample = False  # batch statistics: every sample in its own forward
+        self._watched = False
+        self.left: set[str] = set()  # non-linear ops activations="linear" left (named in a note)
+        self.underflow_where: str | None = None
+        self._checked = 0  # batches whose intermediate gradients were checked for underflow
         self._prepare()
 
     # model preparation --------------------------------------------------------------------------
@@ -74,8 +84,18 @@ class _Probe:
         weights = self.settings.weights
         if weights == "uniform":
             uniformize(model)
+            custom = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                      if isinstance(m, nn.modules.conv._ConvNd) and type(m).forward not in _CONV_FORWARDS]
+            if custom:
+                self._note(f"weights='uniform' set equal weights in {_names(custom)}, which override "
+                           "the convolution's forward: what they compute from them need not be a mean "
+                           "(weight standardisation turns equal weights into zeros)")
         elif weights == "random":
-            redraw(model, sample_seed(self.seed, 0, stream=1))
+            kept = redraw(model, sample_seed(self.seed, 0, stream=1))
+            if kept:
+                self._note(f"weights='random' kept {len(kept)} parameter(s) that no module "
+                           "initialiser owns and that have no fan-in (layer scales, loose biases or "
+                           f"norm weights) as they are in every draw: {_names(kept)}")
         elif weights != "as-is":
             load_state_dict(model, weights)
         self.model = model
@@ -84,11 +104,17 @@ class _Probe:
         if weights == "random":
             self._template = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
+    def _note(self, note: str) -> None:
+        if note not in self._notes:
+            self._notes.append(note)
+
     def switch_to_float64(self, reason: str) -> None:
+        if self.underflow_where:
+            reason += f" (first in the backward of {self.underflow_where})"
         self.restore()
         self.dtype = torch.float64
         self.auto_dtype = False
-        self.notes.append(reason)
+        self._note(reason)
         self._prepare()
 
     def restore(self) -> None:
@@ -107,43 +133,90 @@ class _Probe:
             return torch.cat([self.maps(x[i:i + 1], first_index + i) for i in range(x.shape[0])], dim=1)
         self.largest_pass = max(self.largest_pass, int(x.shape[0]))
         x = x.to(device=self.device, dtype=self.dtype).requires_grad_(True)
-        context = linear_mode() if self.settings.activations == "linear" else contextlib.nullcontext()
+        watch = BatchStatsWatch() if not self._watched and not self.per_sample else None
         out = []
-        risk = False
-        with context, torch.enable_grad():
-            ys = self._forward(x, first_index)
+        with torch.enable_grad():
+            with watch or contextlib.nullcontext(), self._mode():
+                ys = self._forward(x, first_index)
+            if watch is not None:
+                self._watched = True
+                if self._batch_statistics(watch) and x.shape[0] > 1 and not self.use_vmap:
+                    return self.maps(x.detach(), first_index)  # again, one sample per forward
             for y, layer in zip(ys, self.layers):
                 self._check_output(y, layer)
+                if self.settings.activations == "linear":
+                    self.left.update(left_nonlinear(y))
             self._resolve_targets(ys)
+            watch_float32 = self.auto_dtype and self.dtype == torch.float32
+            # intermediate gradients: on the first batch, where the network's scale shows (checking
+            # costs about 30 % of that batch's forward and backward; benchmarks/erf_underflow_check.py)
+            inside = watch_float32 and self._checked < 1
+            self._checked += inside
+            risk, where = False, None
             for k, (layer_index, unit) in enumerate(self.targets):
                 picked = self._pick(ys[layer_index], layer_index, unit)
                 if self.settings.readout == "relu":
                     picked = F.relu(picked)
                 scalar = picked.mean(dim=1).sum() if self.settings.readout == "mean" else picked.sum()
+                minima = _watch_gradients(scalar) if inside and k == 0 else []
                 last = k == len(self.targets) - 1
                 (grad,) = torch.autograd.grad(scalar, x, allow_unused=True, retain_graph=not last)
                 if grad is None:
                     grad = torch.zeros_like(x)
                 maps = _reduce(grad.detach().to(torch.float64), self.settings.reduce)
-                risk = risk or (self.auto_dtype and grad.dtype == torch.float32
-                                and _underflow_risk(maps, self.settings.reduce))
+                where = where or _underflow_inside(minima)
+                risk = risk or (watch_float32 and _underflow_risk(maps, self.settings.reduce))
                 out.append(maps.cpu())
-        self.underflow_risk = risk
+        self.underflow_where = where
+        self.underflow_risk = risk or where is not None
         return torch.stack(out)
+
+    def _mode(self) -> contextlib.AbstractContextManager:
+        if self.settings.activations == "linear":
+            return linear_mode()
+        if self.settings.weights == "uniform":
+            return norms_mode()  # uniform weights: normalisations are the identity
+        return contextlib.nullcontext()
+
+    @property
+    def notes(self) -> list[str]:
+        """What the run should say: notes collected so far, and the non-linear ops left."""
+        out = list(self._notes)
+        if self.left:
+            out.append("activations='linear' left these non-linear ops on the way to the unit, so the "
+                       f"map is not that of a linear network: {', '.join(sorted(self.left))}")
+        return out
+
+    def _batch_statistics(self, watch: BatchStatsWatch) -> bool:
+        """True (and a note) when the forward normalised by statistics of the whole batch."""
+        if not watch.calls:
+            return False
+        self.per_sample = True
+        names = [n or type(m).__name__ for n, m in self.model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+        where = f"module(s) {_names(names)}" if names else "a functional batch_norm in forward"
+        self._note(f"BatchNorm uses batch statistics in eval mode ({where}): each sample ran in its "
+                   "own forward pass, normalised by its own statistics, so the ERF does not depend on "
+                   "the batch size")
+        return True
 
     def _forward(self, x: torch.Tensor, first_index: int) -> list[torch.Tensor]:
         if self.settings.weights == "random" and not self.use_vmap:
             self._load_draw(first_index)
         if not self.use_vmap:
-            return run_to_layers(self.model, self.refs, (x,))
+            if self.per_sample and x.shape[0] > 1:
+                per = [run_to_layers(self.model, self.refs, (mark_input(x[i:i + 1]),))
+                       for i in range(x.shape[0])]
+                return [torch.cat(parts) for parts in zip(*per)]
+            return run_to_layers(self.model, self.refs, (mark_input(x),))
         try:
             return self._vmapped_forward(x, first_index)
         except RflensError:
             raise
         except Exception as exc:  # some ops do not vmap: draw the weights per sample instead
             self.use_vmap = False
-            self.notes.append(f"per-sample random weights could not be batched ({type(exc).__name__}); "
-                              "ran one sample at a time")
+            self._note(f"per-sample random weights could not be batched ({type(exc).__name__}); "
+                       "ran one sample at a time")
             raise _Retry from exc
 
     def _draw(self, index: int) -> dict[str, torch.Tensor]:
@@ -168,7 +241,11 @@ class _Probe:
 
         def one(p: dict, sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
             call = lambda inp: functional_call(self.model, (p, buffers), (inp,))  # noqa: E731
-            return tuple(y[0] for y in run_to_layers(self.model, self.refs, (sample.unsqueeze(0),), call))
+            ys = run_to_layers(self.model, self.refs, (mark_input(sample).unsqueeze(0),), call)
+            if self.settings.activations == "linear":  # marks do not cross vmap's boundary
+                for y in ys:
+                    self.left.update(left_nonlinear(y))
+            return tuple(y[0] for y in ys)
 
         return list(vmap(one)(params, x))
 
@@ -287,6 +364,60 @@ def resolve_unit(unit: Any, spatial: tuple[int, ...], layer: str | None) -> tupl
         raise RflensError(f"unit {unit} is outside the output of layer '{layer}' (spatial "
                           f"{'x'.join(map(str, spatial))}); give {len(spatial)} indices in range or 'center'")
     return unit
+
+
+def _names(names: list[str], shown: int = 6) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+# Backward nodes whose gradients hold only values the node after them already computed (views,
+# permutations, copies of a sum's gradient, the masks of ReLU and max pooling, slices and concats):
+# nothing new can come near underflow there, so they are not checked.
+_PASS_THROUGH = frozenset({"View", "ReshapeAlias", "UnsafeView", "Permute", "Transpose", "T",
+                           "Unsqueeze", "Squeeze", "Slice", "Select", "Cat", "Split", "SplitWithSizes",
+                           "Unbind", "Clone", "Alias", "Neg", "Add", "Sub", "Relu", "Threshold",
+                           "MaxPool2DWithIndices", "MaxPool3DWithIndices", "MaxPool1DWithIndices"})
+
+
+def _watch_gradients(root: torch.Tensor) -> list[tuple[str, list[torch.Tensor]]]:
+    """Hooks on the nodes of ``root``'s autograd graph that compute new gradient values, keeping
+    the smallest non-zero magnitude of each gradient (0-d tensors, read once after the backward:
+    no sync)."""
+    minima: list[tuple[str, list[torch.Tensor]]] = []
+    seen: set = set()
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions)
+        if re.sub(r"Backward\d*$", "", node.name()) in _PASS_THROUGH:
+            continue
+        record: list[torch.Tensor] = []
+        minima.append((node.name(), record))
+
+        def hook(grad_inputs, grad_outputs, record=record):
+            for g in grad_inputs:
+                if g is not None and g.dtype == torch.float32 and g.numel():
+                    a = g.detach().abs()
+                    record.append(a.masked_fill_(a == 0, torch.inf).amin())
+
+        node.register_hook(hook)
+    return minima
+
+
+def _underflow_inside(minima: list[tuple[str, list[torch.Tensor]]]) -> str | None:
+    """The first backward node (in graph order from the unit) whose float32 gradient came within
+    2**10 of float32's smallest normal number, or None."""
+    limit = torch.finfo(torch.float32).tiny * 2**10
+    names = [name for name, record in minima for _ in record]
+    values = [v for _, record in minima for v in record]
+    if not values:
+        return None
+    low = (torch.stack(values) < limit).nonzero()
+    return names[int(low[0])] if low.numel() else None
 
 
 def _underflow_risk(maps: torch.Tensor, reduce: str) -> bool:

@@ -111,7 +111,7 @@ def _run(probe: _Probe, source: InputSource, shape: tuple[int, ...], samples: in
         acc = _run_batches(probe, source, shape, samples, chunk, options, resume)
         if acc is not None:
             break
-        probe.switch_to_float64("ran in float64: float32 gradients came near underflow")
+        probe.switch_to_float64("switched to float64: float32 gradients came near underflow")
         resume = None
     total = acc.combined(comm)
     if total.skipped.sum() and options.nonfinite == "raise":

@@ -125,7 +125,7 @@ def _period(lo: np.ndarray, hi: np.ndarray) -> int | None:
     the table's length."""
     n = len(lo)
     if n < 2:
-        return 1 if n else None
+        return None
     for q in range(1, max(n // 2, 1) + 1):
         d = lo[q] - lo[0] if q < n else 0
         if np.all(lo[q:] - lo[:-q] == d) and np.all(hi[q:] - hi[:-q] == d):
@@ -145,6 +145,9 @@ def axis_summary(m) -> AxisField:
         period = _period(lo, hi) if full.all() else None
         if period is not None:
             jump = Fraction(int(lo[period] - lo[0]), period)
+        elif len(lo) < 2:
+            jump = None
+            notes.append("a single unit: no spacing to give a jump")
         else:
             jump = None
             notes.append("its units are not evenly spaced (a concatenation, roll or partial write "
