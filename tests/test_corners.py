@@ -858,9 +858,6 @@ def test_fraction_summaries_are_fractions() -> None:
 # class 8 (analytic ERF with a gate) and class 10 (names), the parts that touch the TRF's rows
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="class 8: the analytic ERF fails on a squeeze-and-excitation "
-                                       "gate ('no path reaches the unit'); under linearisation the "
-                                       "gate is a constant")
 def test_analytic_erf_through_a_gate_is_the_local_field() -> None:
     # conv 3x3 (padding 1) on 12x12, gated by a function of its own mean: linearised, the gate is
     # a constant, so the centre unit (6, 6) reads the 3x3 window rows/cols 5..7
