@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench zoo venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || true
 	$(PY) benchmarks/trf_speed.py
+
+# Opt-in, not part of `make test`: every timm and torchvision model through the TRF engine
+# (timm: under 10 minutes on 2 quiet cores), then docs/zoo.md from the two sweeps.
+zoo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/rflens zoo timm -o out/zoo-timm.json
+	$(VENV)/bin/rflens zoo torchvision -o out/zoo-torchvision.json
+	$(VENV)/bin/rflens zoo --from out/zoo-timm.json out/zoo-torchvision.json --markdown docs/zoo.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -85,6 +85,26 @@ def test_detector_takes_the_batched_tensor():
     assert "backbone.features" in dict(model.named_modules())
 
 
+def test_meta_build_skips_initialisation_only():
+    """Skipping the initialisers on meta changes nothing a field depends on: the same parameters
+    and buffers (names, shapes, dtypes) as a plain meta build; a CPU tensor is still written."""
+    import timm
+
+    from rflens.zoo.catalog import _SkipMetaInit
+
+    for name in ("vit_tiny_patch16_224", "resnet18"):
+        with torch.device("meta"):
+            plain = timm.create_model(name)
+        fast = build(Entry("timm", name, "x")).model
+        shapes = [[(k, v.shape, v.dtype, v.device.type) for k, v in m.state_dict().items()] for m in (plain, fast)]
+        assert shapes[0] == shapes[1]
+    with _SkipMetaInit():
+        t = torch.zeros(3)
+        torch.nn.init.ones_(t)
+        t.add_(1)
+    assert t.tolist() == [2.0, 2.0, 2.0]
+
+
 # one model's record -----------------------------------------------------------------------------
 
 def test_record_of_a_known_model():
@@ -114,7 +134,7 @@ def _layer(name, known=True, is_global=False, lost=()):
 
 def test_summary_counts_rows_and_causes():
     rows = (_layer("a"), _layer("b", is_global=True), _layer("c", known=False, lost=("view splits (1, 8)",)),
-            _layer("d", known=False, lost=("later",)))
+            _layer("d", known=False, is_global=True, lost=("later",)))  # global and unknown: unknown
     from rflens.trf.graph import UnsupportedOp
 
     rf = ReceptiveField("m", (1, 1, 8), rows, (), (UnsupportedOp("aten.roll", "x", 4),
@@ -123,7 +143,7 @@ def test_summary_counts_rows_and_causes():
     record = empty_record(fake("m"))
     _summarise(rf, record)
     assert record["status"] == "unknown" and record["unknown_rows"] == 2 and record["rows"] == 4
-    assert record["first_global"] == "b" and record["global_rows"] == 1
+    assert record["first_global"] == "b" and record["global_rows"] == 2
     assert record["first_unknown"] == "c" and record["why_unknown"] == ["view splits (1, 8)"]
     assert record["unsupported"] == {"aten.roll": 6, "aten.stack: its rule failed": 1}
     assert record["warning"] == "first line" and record["warnings"] == 2

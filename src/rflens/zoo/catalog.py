@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from rflens.errors import RflensError
 from rflens.sources.models import default_input_shape
@@ -149,11 +150,37 @@ def _image(model: nn.Module, shape: tuple[int, ...], device: str) -> torch.Tenso
 @contextlib.contextmanager
 def _placement(device: str) -> Iterator[None]:
     if device == "meta":
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipMetaInit():
             yield
         return
     with _no_init():
         yield
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """While a model is built on meta: in-place writes into a meta tensor (the random draws and
+    arithmetic of weight initialisation) return the tensor at once. A meta tensor holds no values,
+    so nothing is lost; what is saved is PyTorch's meta kernels for them, about half of a large
+    model's construction time."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _INIT_WRITES:
+            target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes tensor=
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return None if func is torch.Tensor.__setitem__ else target
+        return func(*args, **kwargs)
+
+
+# in-place tensor methods weight initialisers use; none changes its tensor's shape
+_INIT_WRITES = {getattr(torch.Tensor, name) for name in (
+    "normal_", "uniform_", "zero_", "fill_", "copy_", "erfinv_", "mul_", "add_", "sub_", "div_",
+    "clamp_", "clamp_min_", "clamp_max_", "exponential_", "bernoulli_", "random_", "log_normal_",
+    "cauchy_", "geometric_", "fill_diagonal_", "addcmul_", "sqrt_", "neg_", "abs_", "exp_",
+    "log_", "tanh_", "__setitem__") if hasattr(torch.Tensor, name)}
+# and torch.nn.init's initialisers (called through this mode as a whole: their inner writes are not)
+_INIT_WRITES |= {getattr(torch.nn.init, name) for name in dir(torch.nn.init)
+                 if name.endswith("_") and not name.startswith("_")}
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from rflens.errors import RflensError
 from rflens.zoo.catalog import Entry, build
 
-# known: every row known (exact, or flagged global); unknown: some rows unknown; failed: the
+# known: every row known (exact, or flagged global; see fine()); unknown: some rows unknown; failed: the
 # model could not be built or analysed (or timed out, or crashed its worker); skipped: not run
 STATUSES = ("known", "unknown", "failed", "skipped")
 LINE = 300  # characters kept of one line of text
@@ -149,7 +149,7 @@ def _timed(fn, key: str, times: dict):
 
 def _summarise(rf, record: dict[str, Any]) -> None:
     layers = list(rf.layers)
-    unknown = [layer for layer in layers if not (layer.known or layer.is_global)]
+    unknown = [layer for layer in layers if not fine(layer)]
     first_global = next((layer.name for layer in layers if layer.is_global), None)
     unsupported: dict[str, int] = {}
     for u in rf.unsupported_ops:
@@ -172,6 +172,13 @@ def _summarise(rf, record: dict[str, Any]) -> None:
     if unknown:
         record["reason"] = f"{len(unknown)} of {len(layers)} rows unknown from {unknown[0].name}: " \
                            + "; ".join(record["why_unknown"][:2])
+
+
+def fine(layer) -> bool:
+    """A row that counts for ``known``: an exact field, or one flagged global with no unknown op or
+    lost axis upstream (a global flag on a row that is unknown too is not enough: RAFT's rows
+    after its ``grid_sample`` are both)."""
+    return layer.known or (layer.is_global and not layer.unknown_ops and not layer.lost)
 
 
 def one_line(text: Any, limit: int = LINE) -> str:

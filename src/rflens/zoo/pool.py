@@ -149,9 +149,10 @@ def _receive(w: _Worker, pool: list[_Worker], stats: PoolStats, finish) -> None:
 def _start(ctx, job: str, recycle: int, max_rss_mb: int, preload: tuple[str, ...]) -> _Worker:
     parent, child = ctx.Pipe()
     process = ctx.Process(target=serve, args=(child, job, recycle, max_rss_mb, preload), daemon=True)
+    started = time.monotonic()  # before start(): the first start also starts the forkserver
     process.start()
     child.close()
-    return _Worker(process, parent, time.monotonic())
+    return _Worker(process, parent, started)
 
 
 def _stop(w: _Worker, pool: list[_Worker], kill: bool) -> None:
