@@ -4,19 +4,20 @@ one model's record, the JSON and the Markdown page. The whole zoo is `make zoo`,
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import pytest
 import torch
-from fractions import Fraction
+import torchvision
 
 from rflens.cli import main
 from rflens.errors import RflensError
 from rflens.trf.result import AxisField, LayerField, ReceptiveField
 from rflens.zoo import Entry, ZooResult, list_entries, page, sweep
 from rflens.zoo.catalog import build
-from rflens.zoo.job import _summarise, empty_record, generic, run_entry
+from rflens.zoo.job import empty_record, generic, run_entry, summarise
 
-FAKE = "zoo_jobs:by_name"  # tests/zoo_jobs.py: no torch, workers start fast
+FAKE = "zoo_jobs:by_name"  # tests/zoo_jobs.py: stand-in jobs that answer, hang or crash on cue
 
 
 def fake(name: str, family: str = "fam") -> Entry:
@@ -96,7 +97,8 @@ def test_meta_build_skips_initialisation_only():
         with torch.device("meta"):
             plain = timm.create_model(name)
         fast = build(Entry("timm", name, "x")).model
-        shapes = [[(k, v.shape, v.dtype, v.device.type) for k, v in m.state_dict().items()] for m in (plain, fast)]
+        shapes = [[(k, v.shape, v.dtype, v.device.type) for k, v in m.state_dict().items()]
+                  for m in (plain, fast)]
         assert shapes[0] == shapes[1]
     with _SkipMetaInit():
         t = torch.zeros(3)
@@ -114,11 +116,22 @@ def test_record_of_a_known_model():
     assert record["input"] == [[3, 224, 224]]
     assert record["first_global"] == "avgpool"  # the adaptive 1x1 pool is the first to see everything
     assert record["unknown_rows"] == 0 and record["unsupported"] == {}
-    assert record["rows"] > 60  # resnet18 has 68 module calls with an output of its own
+    assert record["rows"] == _module_calls(torchvision.models.resnet18())  # one row per module call
     assert set(record["times"]) >= {"build", "capture", "analysis", "result"}
     assert all(v >= 0 for v in record["times"].values())
     assert record["seconds"] >= record["times"]["capture"] + record["times"]["analysis"]
     json.dumps(record)  # plain data
+
+
+def _module_calls(model) -> int:
+    """How many module calls (the model's own included) a forward pass makes, counted by hooks."""
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64))
+    for h in handles:
+        h.remove()
+    return len(calls)
 
 
 def test_record_of_a_model_that_cannot_be_built():
@@ -137,11 +150,11 @@ def test_summary_counts_rows_and_causes():
             _layer("d", known=False, is_global=True, lost=("later",)))  # global and unknown: unknown
     from rflens.trf.graph import UnsupportedOp
 
-    rf = ReceptiveField("m", (1, 1, 8), rows, (), (UnsupportedOp("aten.roll", "x", 4),
-                        UnsupportedOp("aten.roll", "y", 2), UnsupportedOp("aten.stack", "z", 1, "its rule failed")),
-                        ("first line\nsecond line", "another"), "meta")
+    unsupported = (UnsupportedOp("aten.roll", "x", 4), UnsupportedOp("aten.roll", "y", 2),
+                   UnsupportedOp("aten.stack", "z", 1, "its rule failed"))
+    rf = ReceptiveField("m", (1, 1, 8), rows, (), unsupported, ("first line\nsecond line", "another"), "meta")
     record = empty_record(fake("m"))
-    _summarise(rf, record)
+    summarise(rf, record)
     assert record["status"] == "unknown" and record["unknown_rows"] == 2 and record["rows"] == 4
     assert record["first_global"] == "b" and record["global_rows"] == 2
     assert record["first_unknown"] == "c" and record["why_unknown"] == ["view splits (1, 8)"]
@@ -150,12 +163,13 @@ def test_summary_counts_rows_and_causes():
     assert record["reason"].startswith("2 of 4 rows unknown from c")
     known = ReceptiveField("m", (1, 1, 8), rows[:2], (), (), (), "cpu")
     record = empty_record(fake("m"))
-    _summarise(known, record)
+    summarise(known, record)
     assert record["status"] == "known" and record["capture"] == "cpu" and record["reason"] is None
 
 
 def test_generic_reasons():
-    assert generic("view from (1, 56, 56, 96) to (1, 8, 7, 8, 7, 96) splits") == "view from (…) to (…) splits"
+    assert generic("view from (1, 56, 56, 96) to (1, 8, 7, 8, 7, 96) splits") == \
+        "view from (…) to (…) splits"
     assert generic("op x in m (4×) has") == "op x in m (N×) has"
 
 
@@ -236,7 +250,8 @@ def test_markdown_tables():
     family = next(line for line in text.splitlines() if line.startswith("| vision_transformer |"))
     cells = [c.strip() for c in family.strip("|").split("|")]
     assert cells[:7] == ["vision_transformer", "3", "1", "1", "2", "", ""]
-    assert cells[7] == "`blocks.0.attn`" and "`aten.roll` (2)" in cells[8] and cells[9] == "cat along (…) (2)"
+    assert cells[7] == "`blocks.0.attn`" and "`aten.roll` (2)" in cells[8]
+    assert cells[9] == "cat along (…) (2)"
     resnet = next(line for line in text.splitlines() if line.startswith("| resnet |"))
     assert [c.strip() for c in resnet.strip("|").split("|")][:7] == ["resnet", "3", "1", "1", "", "1", "1"]
     assert "| `aten.roll` | 2 | 6 |" in text

@@ -1,6 +1,5 @@
 """Stand-in jobs for the zoo's worker pool (tests/test_zoo_sweep.py): each takes an entry and
-returns a record, hangs, or kills its own process, depending on the entry's name. They import
-no torch, so a worker running them starts in a fraction of a second."""
+returns a record, hangs, or kills its own process, depending on the entry's name."""
 
 from __future__ import annotations
 

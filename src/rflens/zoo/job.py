@@ -30,7 +30,8 @@ LINE = 300  # characters kept of one line of text
 
 def empty_record(entry: Entry) -> dict[str, Any]:
     return {"name": entry.name, "source": entry.source, "family": entry.family, "status": "failed",
-            "reason": None, "seconds": 0.0, "cpu_seconds": 0.0, "times": {}, "input": [], "build": None, "capture": None,
+            "reason": None, "seconds": 0.0, "cpu_seconds": 0.0, "times": {}, "input": [], "build": None,
+            "capture": None,
             "rows": 0, "unknown_rows": 0, "global_rows": 0, "first_global": None,
             "first_unknown": None, "why_unknown": [], "unsupported": {}, "warning": None,
             "warnings": 0, "note": ""}
@@ -68,7 +69,7 @@ def _run(entry: Entry, record: dict[str, Any]) -> None:
         if built is None:
             return
         rf = _analyse(rflens, entry, built, times)
-    _summarise(rf, record)
+    summarise(rf, record)
 
 
 def _build(entry: Entry, device: str, times: dict, record: dict, after: Exception | None = None):
@@ -147,7 +148,9 @@ def _timed(fn, key: str, times: dict):
     return wrapper
 
 
-def _summarise(rf, record: dict[str, Any]) -> None:
+def summarise(rf, record: dict[str, Any]) -> None:
+    """Fill ``record`` from a :class:`~rflens.trf.result.ReceptiveField`: status, row counts,
+    first global and first unknown rows, ops without a rule, warnings."""
     layers = list(rf.layers)
     unknown = [layer for layer in layers if not fine(layer)]
     first_global = next((layer.name for layer in layers if layer.is_global), None)

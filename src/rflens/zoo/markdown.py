@@ -12,8 +12,8 @@ INTRO = """\
 # The model zoo
 
 How far rflens' theoretical receptive fields get on every vision model of timm and torchvision,
-measured by the sweep that ships with rflens. Regenerate this page with `make zoo` (about ten
-minutes for timm on two cores), or by hand:
+measured by the sweep that ships with rflens. Regenerate this page with `make zoo` (each section
+below says how long its sweep took), or by hand:
 
 ```
 rflens zoo timm -o zoo-timm.json
@@ -51,8 +51,11 @@ def sweep_markdown(result, level: int = 2) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in result.versions.items())
     every = f", every {s['every']}th model" if s.get("every", 1) > 1 else ""
     filt = f", models matching {' '.join(s['filter'])}" if s.get("filter") else ""
+    workers = s.get("workers", "?")
     lines.append(f"{n} models{every}{filt}; {versions}. Wall time {result.wall_seconds:.0f} s with "
-                 f"{s.get('workers', '?')} worker process(es), timeout {s.get('timeout', '?')} s per model.")
+                 f"{workers} worker process(es) and a timeout of {s.get('timeout', 0):g} s per model; "
+                 f"the workers spent {result.cpu_seconds:.0f} CPU seconds (on a machine shared with other "
+                 f"jobs the wall time is longer than CPU seconds / workers).")
     lines.append("")
     lines.append("| status | models | share |")
     lines.append("|---|---:|---:|")
@@ -68,7 +71,8 @@ def sweep_markdown(result, level: int = 2) -> str:
         firsts = Counter(r["first_global"] for r in records if r.get("first_global"))
         first = f"`{firsts.most_common(1)[0][0]}`" if firsts else ""
         ops = _ops(records)
-        causes = [(cause, k) for cause, k in result.causes(records) if not cause.startswith(("failed", "skipped"))]
+        causes = [(cause, k) for cause, k in result.causes(records)
+                  if not cause.startswith(("failed", "skipped"))]
         cause = f"{_cell(causes[0][0])} ({causes[0][1]})" if causes else ""
         lines.append(f"| {family} | {len(records)} | {fc['known']} | {glob} | {fc['unknown'] or ''} | "
                      f"{fc['failed'] or ''} | {fc['skipped'] or ''} | {first} | {ops} | {cause} |")
