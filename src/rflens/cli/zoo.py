@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from rflens.cli.common import emit
     from rflens.errors import RflensError
-    from rflens.zoo import ZooResult, page, sweep
+    from rflens.zoo import ZooResult, list_entries, page, sweep
 
     if (args.source is None) == (args.inputs is None):
         raise RflensError("give a zoo to sweep (timm or torchvision) or --from JSON files, not both")
@@ -40,9 +40,10 @@ def run(args: argparse.Namespace) -> int:
         if args.output:
             raise RflensError("-o writes a new sweep; with --from, write Markdown with --markdown")
     else:
-        progress = None if args.quiet else _Progress()
+        entries = list_entries(args.source, args.filter, args.every)
+        progress = None if args.quiet else _Progress(len(entries))
         results = [sweep(args.source, every=args.every, patterns=args.filter, workers=args.workers,
-                         timeout=args.timeout, on_record=progress)]
+                         timeout=args.timeout, on_record=progress, entries=entries)]
         if args.output:
             emit(results[0].to_json(), args.output)
     if args.markdown:
@@ -61,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """One line per model on stderr: ``[k/n]``-free (the total is not known here), name, status,
-    seconds, and the reason when not known."""
+    """One line per model on stderr, as models finish: how many are done of how many, status,
+    seconds, name, and the reason when not known."""
 
-    def __init__(self) -> None:
-        self.done = 0
+    def __init__(self, total: int) -> None:
+        self.done, self.total = 0, total
 
     def __call__(self, record: dict) -> None:
         self.done += 1
         reason = f"  {record['reason'][:140]}" if record["status"] != "known" and record.get("reason") else ""
-        print(f"{self.done:5d} {record['status']:8s} {record['seconds']:6.1f}s {record['name']}{reason}",
-              file=sys.stderr, flush=True)
+        print(f"{self.done:5d}/{self.total} {record['status']:8s} {record['seconds']:6.1f}s "
+              f"{record['name']}{reason}", file=sys.stderr, flush=True)
