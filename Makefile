@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak properties experiments experiments-quick venv clean
+.PHONY: demo test bench soak properties zoo experiments experiments-quick venv clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,14 @@ experiments: $(STAMP)
 # The same in quick mode (fewer samples and epochs; wiring only, its numbers are not the documented ones).
 experiments-quick: $(STAMP)
 	$(VENV)/bin/rflens experiment all --quick -o out/experiments-quick
+
+# Opt-in, not part of `make test`: every timm and torchvision model through the TRF engine
+# (timm: under 10 minutes on 2 quiet cores), then docs/zoo.md from the two sweeps.
+zoo: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/rflens zoo timm -o out/zoo-timm.json
+	$(VENV)/bin/rflens zoo torchvision -o out/zoo-torchvision.json
+	$(VENV)/bin/rflens zoo --from out/zoo-timm.json out/zoo-torchvision.json --markdown docs/zoo.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

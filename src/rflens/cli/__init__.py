@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["trf", "erf", "report", "dense", "tile", "experiment"]
+SUBCOMMANDS = ["trf", "erf", "report", "dense", "tile", "experiment", "zoo"]
 
 
 class _Parser(argparse.ArgumentParser):
