@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from rflens.errors import RflensError
 from rflens.trf.aliasing import layout, placement
-from rflens.trf.instrument import ModuleTracker, eval_mode, meta_state, output_items
+from rflens.trf.instrument import ModuleTracker, eval_mode, meta_state, output_items, preserved
 from rflens.trf.rules import lookup
 from rflens.trf.rules.registry import SCHEMAS
 from rflens.trf.shapes import shortcut
@@ -327,6 +327,7 @@ def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> C
     input_refs: list[TensorRef] = []
     try:
         with ExitStack() as stack:
+            stack.enter_context(preserved(model))
             stack.enter_context(eval_mode(model))
             stack.enter_context(tracker)
             stack.enter_context(torch.no_grad())

@@ -42,6 +42,27 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Give every module back the attributes it had: a forward pass that caches tensors on its
+    modules (torchvision's anchor generator keeps its anchors moved to the input's device) would
+    otherwise leave meta tensors behind in the user's model."""
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, attrs in saved:
+            current = m.__dict__
+            for key in [k for k in current if k not in attrs]:
+                del current[key]
+            for key, value in attrs.items():
+                if current.get(key, _MISSING) is not value:
+                    current[key] = value
+
+
+_MISSING = object()
+
+
 def meta_state(model: nn.Module, keep_grad: bool = False) -> dict[str, torch.Tensor]:
     """Meta copies (same shape, dtype, no data) of every parameter and buffer of ``model``, by name.
 
