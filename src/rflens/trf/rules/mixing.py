@@ -131,12 +131,11 @@ def canonical(field: TensorField) -> TensorField:
     next to each other in one dimension, they become one whole factor over the units they stand for
     (so window ops and summaries see an ordinary axis again)."""
     dims = list(field.dims)
-    where: dict[int, list[tuple[int, int]]] = {}
-    for d, dim in enumerate(dims):
-        for p, f in enumerate(dim):
-            if isinstance(f, Factor) and f.axis is not None:
-                where.setdefault(f.axis, []).append((d, p))
-    for axis, spots in where.items():
+    axes = {f.axis for dim in dims for f in dim if isinstance(f, Factor) and f.axis is not None}
+    for axis in axes:
+        # positions are looked up afresh for every axis: an earlier join shortens its dimension
+        spots = [(d, p) for d, dim in enumerate(dims) for p, f in enumerate(dim)
+                 if isinstance(f, Factor) and f.axis == axis]
         d = spots[0][0]
         parts = [dims[d][p] for _, p in spots]
         if len({dd for dd, _ in spots}) > 1 or all(f.full for f in parts):

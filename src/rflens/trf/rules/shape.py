@@ -286,8 +286,8 @@ def cat(call: OpCall) -> list:
         live_tensors = [a for a in tensors if not (len(a.shape) == 1 and a.shape[0] == 0)]
         tensors = live_tensors
     flags = flags_of([a.field for a in live])
-    spatial = {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
-    if not stacking and spatial:
+    spatial = set() if stacking else {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
+    if spatial:
         single = len(spatial) == 1 and all(len(a.field.dims[d]) == 1 and a.field.dims[d][0].axis in spatial
                                             and getattr(a.field.dims[d][0], "full", False) for a in live)
         token = None if single else token_dim(tensors, d)

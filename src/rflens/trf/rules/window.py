@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 from rflens.geometry.axis import AxisMap, transposed_conv_reads, window_reads
-from rflens.geometry.fields import Factor, TensorField, single_spatial
+from rflens.geometry.fields import Factor, TensorField, dim_size, single_spatial
 from rflens.trf.rules.axes import apply_reads, taps_of
+from rflens.trf.rules.mixing import canonical, mix
 from rflens.trf.rules.registry import OpCall, register
 
 
@@ -28,12 +29,20 @@ def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool
     dimension when ``channels_plain``."""
     field: TensorField = x.field
     nd = len(x.shape)
+    if channels_plain and nd - n_spatial >= 2 and any(f.axis is not None for f in field.dims[1]):
+        # axis parts folded into the channels (space-to-depth): every output unit mixes them, and
+        # what is left of those axes along the spatial dimensions becomes one whole axis again
+        mixed = mix(field, [1])
+        field = canonical(mixed.with_dims([*mixed.dims[:1], (Factor(x.shape[1]),), *mixed.dims[2:]]))
     dims, lost = list(field.dims), set(field.lost)
     for k in range(n_spatial):
         d = nd - n_spatial + k
         n_out = out_shape[d]
         dim = field.dims[d]
         f = single_spatial(dim)
+        if f is None and n_out == dim_size(dim) and reads_for(k).is_identity and \
+                (step_for is None or step_for(k) == 1):
+            continue  # a 1-wide, stride-1 window reads each unit itself, whatever the dimension holds
         if f is None:
             if any(g.axis is not None for g in dim):
                 lost.add("a window op over a flattened spatial dimension")
