@@ -92,3 +92,39 @@ def test_broadcasting_arithmetic_matches(shape, data) -> None:
         got = SHORTCUTS[func](a, b)
         if got is not NotImplemented:
             _same(got, func(a, b))
+
+
+LAYOUTS = ["contiguous", "channels_last", "permuted"]
+
+
+def _laid_out(shape, layout):
+    if layout == "channels_last" and len(shape) == 4:
+        return meta(*shape, fmt=CL)
+    if layout == "permuted" and len(shape) == 4:
+        n, c, h, w = shape
+        return meta(n, h, w, c).permute(0, 3, 1, 2)  # what x.permute(0, 3, 1, 2) after NHWC gives
+    return meta(*shape)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=4, max_size=4), st.sampled_from(LAYOUTS),
+       st.sampled_from(LAYOUTS), st.integers(0, 3), st.data())
+def test_layouts_match_the_meta_kernel(shape, x_layout, w_layout, keep, data) -> None:
+    """Channels-last and permuted inputs (ConvNeXt's LayerNorm2d, layer scale) through every
+    shortcut that accepts them: same strides as the real kernel."""
+    x = _laid_out(shape, x_layout)
+    c = shape[1]
+    w = _laid_out([data.draw(st.integers(1, 4)), c, 2, 1], w_layout)
+    calls = [
+        (aten.convolution.default, (x, w, None, [1, 1], [1, 0], [1, 1], False, [0, 0], 1)),
+        (aten.native_layer_norm.default, (x, [shape[-1]], None, None, 1e-5)),
+        (aten.native_layer_norm.default, (x.permute(0, 2, 3, 1), [c], None, None, 1e-5)),
+        (aten.mean.dim, (x, [[-1, -2], [1], [0, 2], [3]][keep], bool(keep % 2))),
+        (aten.mul.Tensor, (x, meta(c, 1, 1))),
+        (aten.add.Tensor, (meta(*[n if k == keep else 1 for k, n in enumerate(shape)]), x)),
+        (aten.mul.Tensor, (x, meta(*[n if k != keep else 1 for k, n in enumerate(shape)]))),
+    ]
+    for func, args in calls:
+        got = SHORTCUTS[func](*args)
+        if got is not NotImplemented:
+            _same(got, func(*args))

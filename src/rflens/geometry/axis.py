@@ -18,6 +18,7 @@ non-decreasing and makes composition work without special cases.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -119,10 +120,10 @@ class AxisMap:
         lo, hi = self.evaluate(np.arange(self.period) if units is None else units)
         return np.maximum(hi - lo + 1, 0)
 
-    @property
+    @cached_property
     def size(self) -> int:
         """Receptive-field size; for a non-uniform map the largest size over its phases."""
-        return int(self.sizes().max())
+        return max(max(hi - lo + 1, 0) for lo, hi in zip(self.lo_table, self.hi_table))
 
     @property
     def padding(self) -> int:
@@ -182,6 +183,7 @@ def _hull_over_taps(below: AxisMap, a: np.ndarray, b: np.ndarray, step: int):
     return np.where(none, 1, lo), np.where(none, 0, hi)
 
 
+@functools.lru_cache(maxsize=4096)
 def compose(below: AxisMap, reads: AxisMap, units: int | None = None, step: int = 1) -> AxisMap:
     """Field of a layer whose units read ``reads(o)`` (intervals of units of the map ``below``).
 
@@ -212,6 +214,12 @@ def _explicit(lo: np.ndarray, hi: np.ndarray) -> AxisMap:
     return AxisMap(n, shift, tuple(int(v) for v in lo), tuple(int(v) for v in hi), n)
 
 
+def _all_uniform(maps: list[AxisMap]) -> bool:
+    """Every map is one interval repeated with a fixed shift and none is empty (the cheap case)."""
+    return all(m.period == 1 and m.exact_units is None and m.lo_table[0] <= m.hi_table[0]
+               for m in maps)
+
+
 def union(maps: list[AxisMap], units: int) -> AxisMap:
     """Union of several paths' fields for a tensor with ``units`` units on this axis.
 
@@ -220,6 +228,9 @@ def union(maps: list[AxisMap], units: int) -> AxisMap:
     """
     if len(maps) == 1:
         return maps[0]
+    if _all_uniform(maps) and len({m.shift for m in maps}) == 1:
+        return AxisMap(1, maps[0].shift, (min(m.lo_table[0] for m in maps),),
+                       (max(m.hi_table[0] for m in maps),))
     jumps = {m.jump for m in maps}
     exact_all = all(m.exact_units is None for m in maps)
     if len(jumps) == 1 and exact_all:
@@ -246,6 +257,9 @@ def aligned(maps: list[AxisMap], units: int) -> bool:
     """True when all paths have the same jump and the same centre for every unit."""
     if len(maps) < 2:
         return True
+    if _all_uniform(maps):
+        return (len({m.shift for m in maps}) == 1
+                and len({m.lo_table[0] + m.hi_table[0] for m in maps}) == 1)
     if len({m.jump for m in maps}) > 1:
         return False
     period = math.lcm(*(m.period for m in maps))

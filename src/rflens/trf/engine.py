@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gc
 from fractions import Fraction
 from typing import Sequence
@@ -133,6 +135,7 @@ def _period(lo: np.ndarray, hi: np.ndarray) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def axis_summary(m) -> AxisField:
     """Size, jump, padding and centre of a periodic map, or None with a reason where no single
     number describes the axis (see :class:`AxisField`)."""

@@ -23,8 +23,40 @@ def _empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch
     return torch.empty(shape, dtype=dtype or like.dtype, device="meta")
 
 
-def _same_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype, device="meta")
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def _layout(x: torch.Tensor) -> tuple[int, ...] | None:
+    """The strides ``empty_like`` gives ``x`` when they are certain: ``x`` laid out exactly as a
+    fresh contiguous or channels-last tensor, or densely permuted without size-1 dimensions
+    (whose strides the kernels choose in ways not worth mirroring: the real kernel runs)."""
+    stride, shape = x.stride(), tuple(x.shape)
+    if stride == _contiguous_strides(shape):
+        return stride
+    if x.dim() == 4:
+        n, c, h, w = shape
+        cl = _contiguous_strides((n, h, w, c))
+        if stride == (cl[0], cl[3], cl[1], cl[2]) and 1 not in shape[1:]:
+            return stride
+    if 1 not in shape and not x.is_contiguous() and _is_permuted_contiguous(x):
+        return stride
+    return None
+
+
+def _same_layout(x: torch.Tensor, dtype: torch.dtype | None = None):
+    stride = _layout(x)
+    if stride is None:
+        return NotImplemented
+    return torch.empty_strided(x.shape, stride, dtype=dtype or x.dtype, device="meta")
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return _layout(x) is not None
 
 
 def _floating(*ts) -> bool:
@@ -35,12 +67,6 @@ def _unary(x, *args, **kwargs):
     if not _floating(x) or not _dense(x):
         return NotImplemented
     return _same_layout(x)
-
-
-def _dense(x: torch.Tensor) -> bool:
-    """Non-overlapping and dense (a permutation of a contiguous layout): what kernels copy."""
-    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) or \
-        _is_permuted_contiguous(x)
 
 
 def _is_permuted_contiguous(x: torch.Tensor) -> bool:
@@ -65,8 +91,17 @@ def _binary(a, b, *args, **kwargs):
         return _same_layout(a) if a.stride() == b.stride() and _dense(a) else NotImplemented
     shape = torch.broadcast_shapes(a.shape, b.shape)
     full = [t for t in (a, b) if tuple(t.shape) == tuple(shape)]
-    if len(full) == 1 and full[0].is_contiguous():
+    if len(full) != 1:
+        return NotImplemented
+    big = full[0]
+    small = b if big is a else a
+    if big.stride() == _contiguous_strides(shape):
         return _empty(shape, a)
+    # a vector broadcast along one dimension (a per-channel scale) cannot reorder the output's
+    # dimensions: its expanded strides are zero wherever they would be compared, so the output
+    # takes the full operand's layout
+    if _dense(big) and sum(n != 1 for n in small.shape) <= 1:
+        return _same_layout(big)
     return NotImplemented
 
 
@@ -77,7 +112,8 @@ def _conv_size(n: int, k: int, s: int, p: int, d: int, transposed: bool, op: int
 
 
 def _convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
-    if not _floating(x, w) or not (x.is_contiguous() and w.is_contiguous()) or x.dim() != w.dim():
+    # the meta kernel returns a contiguous output whatever the (dense) layouts of input and weight
+    if not _floating(x, w) or not (_dense(x) and _dense(w)) or x.dim() != w.dim():
         return NotImplemented
     n = x.dim() - 2
     per = lambda v: list(v) * n if len(v) == 1 else list(v)  # noqa: E731
@@ -100,9 +136,13 @@ def _batch_norm_eval(x, weight, bias, mean, var, *rest):
 
 
 def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    if not _floating(x) or not x.is_contiguous():
+    if not _floating(x) or not _is_permuted_contiguous(x):
         return NotImplemented
     stat = tuple(x.shape[: x.dim() - len(normalized_shape)]) + (1,) * len(normalized_shape)
+    # the kernel runs on x.contiguous(): a canonical copy, or x itself when PyTorch already counts
+    # it contiguous (then odd strides on its size-1 dimensions decide: left to the real kernel)
+    if x.is_contiguous() and x.stride() != _contiguous_strides(x.shape):
+        return NotImplemented
     return (_empty(x.shape, x), _empty(stat, x), _empty(stat, x))
 
 
@@ -136,7 +176,7 @@ def _cat(tensors, dim=0):
 
 
 def _mean(x, dim, keepdim=False, *, dtype=None):
-    if not _floating(x) or not x.is_contiguous() or dtype is not None:
+    if not _floating(x) or not _dense(x) or dtype is not None:
         return NotImplemented
     dims = {d % x.dim() for d in (dim if dim else range(x.dim()))}
     shape = [1 if k in dims else n for k, n in enumerate(x.shape) if keepdim or k not in dims]

@@ -3,6 +3,7 @@ broadcast dimensions, and merge the paths that meet at one dimension."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from fractions import Fraction
 
@@ -15,8 +16,10 @@ from rflens.trf.rules.registry import Misalignment
 _BIG = np.int64(1) << 60
 
 
+@functools.lru_cache(maxsize=4096)
 def taps_of(reads: AxisMap, n_out: int, n_in: int, step: int = 1, clamp: bool = False) -> np.ndarray:
-    """Input units each output unit reads, one row per output unit, ``-1`` for none.
+    """Input units each output unit reads, one row per output unit, ``-1`` for none (read-only:
+    one array is shared by every layer of the same geometry).
 
     Taps run from ``lo`` to ``hi`` of ``reads`` in steps of ``step``; units outside ``0..n_in-1``
     (padding) are dropped, or clamped onto the border when ``clamp`` (replicate-style access)."""
@@ -28,7 +31,9 @@ def taps_of(reads: AxisMap, n_out: int, n_in: int, step: int = 1, clamp: bool = 
         taps = np.clip(taps, 0, n_in - 1)
     else:
         inside &= (taps >= 0) & (taps < n_in)
-    return np.where(inside, taps, -1)
+    out = np.where(inside, taps, -1)
+    out.setflags(write=False)
+    return out
 
 
 def gather_hull(lo: np.ndarray, hi: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

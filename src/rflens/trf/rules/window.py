@@ -9,7 +9,7 @@ import numpy as np
 
 from rflens.geometry.axis import AxisMap, transposed_conv_reads, window_reads
 from rflens.geometry.fields import Factor, TensorField, dim_size, single_spatial
-from rflens.trf.rules.axes import apply_reads, taps_of
+from rflens.trf.rules.axes import apply_reads
 from rflens.trf.rules.mixing import canonical, mix
 from rflens.trf.rules.registry import OpCall, register
 
@@ -82,10 +82,7 @@ def convolution(call: OpCall) -> list:
         # a transposed conv's taps i = (o + p - j*d)/s are d/gcd(s, d) apart
         return dilation[k] // math.gcd(stride[k], dilation[k]) if transposed else dilation[k]
 
-    def taps(k, r, n_out, n_in):
-        return taps_of(r, n_out, n_in, step(k))
-
-    out = spatial_update(x, call.out_shapes[0], n, reads, taps_for=taps, step_for=step)
+    out = spatial_update(x, call.out_shapes[0], n, reads, step_for=step)
     others = [a.field for a in (w, kw.get("bias")) if getattr(a, "field", None) is not None]
     if others:  # weights computed from the input (dynamic convolution): a global dependency
         out = out.with_dims(out.dims, is_global=True)
@@ -110,9 +107,7 @@ def pool(call: OpCall) -> list:
 
     out = spatial_update(x, call.out_shapes[0], n,
                          lambda k: window_reads(kernel[k], stride[k], padding[k], dilation[k]),
-                         channels_plain=False,
-                         taps_for=lambda k, r, n_out, n_in: taps_of(r, n_out, n_in, dilation[k]),
-                         step_for=lambda k: dilation[k])
+                         channels_plain=False, step_for=lambda k: dilation[k])
     return [out for _ in call.out_shapes]
 
 
