@@ -415,26 +415,18 @@ def _summaries() -> list[Corner]:
                                   (0, 3, 1, 0), mode="replicate")), (x2d(5, 6),)),
         Corner("aten._pad_circular (no F.pad)", c, Fn(_aten_circular), (x2d(8, 8),),
                twin=Fn(lambda x: F.pad(x, (1, 1, 1, 1), mode="circular")),
-               extra=_check_circular_summary(1),
-               xfail="class 4: circular padding that does not come through F.pad gives jump 4/5, "
-                     "padding -7 (boxes are right)"),
+               extra=_check_circular_summary(1)),
         Corner("aten._pad_circular then 3x3 conv", c, Fn(lambda x, conv: conv(_aten_circular(x)), _conv()),
                (x2d(8, 8),), twin=Fn(lambda x, conv: conv(F.pad(x, (1, 1, 1, 1), mode="circular")), _conv()),
-               extra=_check_circular_summary(3),
-               xfail="class 4: circular padding that does not come through F.pad gives a 3x3 conv "
-                     "size 3 but jump 4/5 and padding -7 on the torus"),
+               extra=_check_circular_summary(3)),
         Corner("cat of conv(x) and a crop along W", c,
                Fn(lambda x, conv: torch.cat([conv(x), x[:, :, 1:-1, 1:-1]], 3), _conv()), (x2d(7, 7),),
-               extra=_cat_spatial_jump_none,
-               xfail="class 4: concatenation along a spatial axis reports jump 2/3 (a fraction made "
-                     "of unrelated units) instead of None and a reason"),
+               extra=_cat_spatial_jump_none),
         Corner("cat([x, x]) along the length, then conv", c,
                Fn(lambda x, conv: conv(torch.cat([x, x], -1)), nn.Conv1d(1, 1, 3)), (x1d(6),),
                extra=_cat_twice_jump_none),
         Corner("transposed conv whose unit 0 is empty", c, nn.ConvTranspose1d(1, 1, 1, stride=2, padding=1),
-               (x1d(8),), extra=_convt_empty_unit0,
-               xfail="class 4: unit 0 reads nothing, yet padding -1 is reported (read from a "
-                     "placeholder interval)"),
+               (x1d(8),), extra=_convt_empty_unit0),
     ]
 
 
@@ -523,9 +515,6 @@ def _strict_data_dependent(model: nn.Module, inputs: tuple):
 
 def _capture() -> list[Corner]:
     c = "6 capture"
-    dd = "class 6: .item() / a tensor's truth value is reported as an 'op without a rule' " \
-         "(aten._local_scalar_dense) instead of 'data-dependent control flow: the field is that of " \
-         "the branch taken'"
     return [
         Corner("bf16 model, input_shape=", c, nn.Sequential(_conv(1, 2), _conv(2, 1)).to(torch.bfloat16),
                (x2d(8, 8),), twin=nn.Sequential(_conv(1, 2), _conv(2, 1)),
@@ -534,10 +523,10 @@ def _capture() -> list[Corner]:
                (x2d(8, 8),), twin=nn.Sequential(_conv(1, 2), _conv(2, 1)),
                call=lambda m, i: rflens.receptive_field(m, input_shape=(1, 8, 8)), extra=_meta_path),
         Corner("non-persistent buffer added to the map", c, NonPersistent(), (x2d(6, 7),), extra=_meta_path),
-        Corner(".item() branch", c, ItemBranch(), (x2d(),), extra=_data_dependent, xfail=dd),
-        Corner("if tensor: branch", c, BoolBranch(), (x2d(),), extra=_data_dependent, xfail=dd),
+        Corner(".item() branch", c, ItemBranch(), (x2d(),), extra=_data_dependent),
+        Corner("if tensor: branch", c, BoolBranch(), (x2d(),), extra=_data_dependent),
         Corner(".item() branch, strict=True", c, ItemBranch(), (x2d(),), call=_strict_data_dependent,
-               xfail=dd + "; strict=True raises on it"),
+               extra=_data_dependent),
     ]
 
 
@@ -618,23 +607,15 @@ def _other() -> list[Corner]:
             return torch.jit.script(_plain_chain())
     return [
         Corner("torch.compile(model)", c, lambda: torch.compile(plain), (x2d(9, 9),), twin=plain,
-               extra=_names_are("0", "1", "2", OUTPUT), rename=strip,
-               xfail="class 7: a compiled model's rows are named '_orig_mod.0', ... (and an extra "
-                     "'_orig_mod' row) instead of the user's own names"),
+               extra=_names_are("0", "1", "2", OUTPUT), rename=strip),
         Corner("compiled submodule", c, lambda: InnerCompiled(torch.compile(inner.body)), (x2d(9, 9),), twin=inner,
-               extra=_names_are("body.0", "body.1", "body.2", "body", "head", OUTPUT), rename=strip,
-               xfail="class 7: a compiled submodule's rows are named 'body._orig_mod.0', ..."),
+               extra=_names_are("body.0", "body.1", "body.2", "body", "head", OUTPUT), rename=strip),
         Corner("torch.jit.script(model)", c, scripted, (x2d(9, 9),), twin=_plain_chain(),
-               extra=_script_rows,
-               xfail="class 7: a scripted model runs for real with only an 'output' row and no word "
-                     "on why its layers are missing"),
+               extra=_script_rows),
         Corner("embedding on a label map", c, LabelMap(), (labels,), twin=LabelMapTwin(),
-               twin_inputs=(x2d(7, 8),),
-               xfail="class 7: embedding decomposes to aten.index, which has no rule: unknown"),
+               twin_inputs=(x2d(7, 8),)),
         Corner("embedding on a label map, real run", c, LabelMapBranch(), (labels,), twin=LabelMapTwin(),
-               twin_inputs=(x2d(7, 8),),
-               xfail="class 6/7: the CPU fallback feeds float noise to an integer label input "
-                     "('tensors used as indices must be long')"),
+               twin_inputs=(x2d(7, 8),)),
         # the Linear's own row is channels-last: only the root (back in (N, C, *grid)) is compared
         Corner("movedim + Linear over channels", c,
                Fn(lambda x, lin: lin(x.movedim(1, -1)).movedim(-1, 1), nn.Linear(2, 3)), (x2d(c=2),),
@@ -820,9 +801,6 @@ class _Recorder(nn.Module):
         return self.conv(x)
 
 
-@pytest.mark.xfail(strict=True, reason="class 6: any failure on meta triggers a full real run on "
-                                       "the CPU, also when the real run cannot help (a channel "
-                                       "mismatch fails the same way)")
 def test_no_real_run_when_it_cannot_help() -> None:
     model = _Recorder()
     with pytest.raises(rflens.RflensError) as err:

@@ -128,3 +128,21 @@ def test_layouts_match_the_meta_kernel(shape, x_layout, w_layout, keep, data) ->
         got = SHORTCUTS[func](*args)
         if got is not NotImplemented:
             _same(got, func(*args))
+
+
+@pytest.mark.parametrize("model, shape", [
+    (torch.nn.Conv2d(3, 1, 3), (1, 8, 8)),
+    (torch.nn.Conv2d(4, 4, 3, groups=2), (3, 8, 8)),
+    (torch.nn.ConvTranspose2d(3, 2, 3), (2, 8, 8)),
+    (torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(3)), (1, 8, 8)),
+    (torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 6)), (1, 8, 8)),
+    (torch.nn.LayerNorm(7), (1, 8, 8)),
+], ids=["conv channels", "grouped conv channels", "transposed conv channels", "batch norm size",
+        "group norm size", "layer norm shape"])
+def test_shortcuts_never_hide_a_shape_error(model, shape) -> None:
+    """A model that fails on the real input must fail under rflens too, naming where."""
+    import rflens
+    with pytest.raises(RuntimeError):
+        model(torch.rand(1, *shape))
+    with pytest.raises(rflens.RflensError, match="failed to run"):
+        rflens.receptive_field(model, input_shape=shape)

@@ -263,9 +263,10 @@ class _Composites(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _PAD_FUNCTIONS:
-            x = args[0] if args else kwargs.get("input")
-            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+        circular_op = getattr(func, "_overloadpacket", func) is torch.ops.aten._pad_circular
+        if func in _PAD_FUNCTIONS or circular_op:
+            x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+            mode = "circular" if circular_op else kwargs.get("mode", args[2] if len(args) > 2 else "constant")
             if mode == "circular" and isinstance(x, torch.Tensor) and self.recorder.version(x) is not None:
                 pad = list(kwargs.get("pad", args[1] if len(args) > 1 else ()))
                 return self.recorder.composite("pad_circular", lambda: func(*args, **kwargs), (x, pad))
@@ -343,6 +344,8 @@ def capture(model: torch.nn.Module, inputs: tuple, *, device: str = "meta") -> C
                 model(*inputs)
     except Exception as exc:
         op, module = recorder.current
+        if tracker.stack and tracker.stack[-1] != module:  # it failed before reaching an aten op
+            op, module = "", tracker.stack[-1]
         partial = Capture(recorder.nodes, module_events, input_refs, device)
         raise CaptureError(partial, op, module, exc) from exc
     return Capture(recorder.nodes, module_events, input_refs, device)
@@ -359,19 +362,31 @@ def capture_with_fallback(model: torch.nn.Module, inputs: tuple) -> Capture:
     fails too, keep what was recorded before the failing op (a detector's backbone and feature
     pyramid before its box post-processing) and say where the analysis stopped. Any other failure
     (a wrong or too small input) is reported at once, with the op and module that raised it."""
+    if isinstance(model, torch.jit.ScriptModule):
+        real = tree_map(lambda t: _random_like(t, _device_of(model)) if isinstance(t, torch.Tensor) else t,
+                        tuple(inputs))
+        try:
+            cap = capture(model, real, device="cpu")
+        except CaptureError as cpu:
+            raise RflensError(f"the TorchScript model failed to run on random input of the given shape: "
+                              f"{type(cpu.error).__name__}: {str(cpu.error).splitlines()[0][:160]}") from cpu.error
+        cap.notes.append("a TorchScript model: scripted code cannot run on meta weights, so it ran for "
+                         "real on batch-1 random input, and its submodules call no Python hooks, so "
+                         "only the output row is reported (pass the eager model for per-layer rows)")
+        return cap
     try:
         return capture(model, inputs, device="meta")
     except CaptureError as meta:
         text = str(meta.error).splitlines()[0][:200] if str(meta.error) else ""
-        where = f"aten.{meta.op} in module {meta.module or '(root)'}" if meta.op else "the model"
+        where = f"aten.{meta.op} in module {meta.module or '(root)'}" if meta.op else \
+            f"module {meta.module}" if meta.module else "the model"
         message = str(meta.error).lower()
         if not isinstance(meta.error, NotImplementedError) and not any(k in message for k in _META_ONLY):
             raise RflensError(f"the model failed to run on the given input at {where}: "
                               f"{type(meta.error).__name__}: {text} (check the input shape and that "
                               "the model runs on it)") from meta.error
-        real = tree_map(lambda t: torch.rand(t.shape, dtype=t.dtype if t.is_floating_point() else torch.float32,
-                                             device=_device_of(model))
-                        if isinstance(t, torch.Tensor) else t, tuple(inputs))
+        real = tree_map(lambda t: _random_like(t, _device_of(model)) if isinstance(t, torch.Tensor) else t,
+                        tuple(inputs))
         try:
             cap = capture(model, real, device="cpu")
         except CaptureError as cpu:
@@ -389,6 +404,14 @@ def capture_with_fallback(model: torch.nn.Module, inputs: tuple) -> Capture:
                          f"{text}): it ran for real on batch-1 random input instead, so its control "
                          "flow — and the fields — are those of the branch that input took")
         return cap
+
+
+def _random_like(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Stand-in data for a real run: uniform noise for floating inputs; zeros for integer and bool
+    ones (label maps, token ids, masks: 0 is a valid index into any table)."""
+    if t.is_floating_point() or t.is_complex():
+        return torch.rand(t.shape, dtype=t.dtype, device=device)
+    return torch.zeros(t.shape, dtype=t.dtype, device=device)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

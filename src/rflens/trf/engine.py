@@ -16,6 +16,7 @@ from rflens.errors import RflensError, UnsupportedOpError
 from rflens.geometry.fields import TensorField, Tokens, axis_factors, enumerate_units
 from rflens.trf.capture import Capture, TensorRef, capture_with_fallback
 from rflens.trf.graph import Analysis, analyse
+from rflens.trf.instrument import eager
 from rflens.trf.result import AxisField, LayerField, ReceptiveField
 from rflens.trf.too_small import explain_too_small
 
@@ -39,6 +40,7 @@ def receptive_field(model: torch.nn.Module, input_shape: Sequence[int] | None = 
     any op has no rule. The model is not modified (it runs on meta copies of its weights, in eval
     mode; its train/eval flags are restored).
     """
+    model = eager(model)
     inputs = _inputs(model, input_shape, example_inputs)
     tensors = [t for t in tree_flatten(inputs)[0] if isinstance(t, torch.Tensor)]
     spatial = _spatial_inputs(tensors, spatial_inputs)
@@ -154,11 +156,12 @@ def axis_summary(m) -> AxisField:
         else:
             jump = None
             notes.append("its units are not evenly spaced (a concatenation, roll or partial write "
-                         "along the axis): no single jump")
-    padding, center = m.padding, m.center
+                         "along the axis): no single jump, padding or centre")
+    padding, center = (m.padding, m.center) if jump is not None or m.exact_units is None \
+        or m.exact_units < 2 else (None, None)
     if m.lo_table[0] > m.hi_table[0]:
         padding = center = None
-        notes.append("unit 0 reads no pixel: no padding or centre to read from it")
+        notes.append("unit 0 reads nothing (an empty unit): no padding or centre to read from it")
     return AxisField(m.size, jump, padding, center, m.uniform and jump is not None,
                      "; ".join(notes) or None)
 
@@ -225,6 +228,10 @@ def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool)
                     rows.append((node.index + 1, -1, row))
     rows.sort(key=lambda r: (r[0], r[1]))
     warnings = ([cap.stopped] if cap.stopped else []) + list(cap.notes)
+    for (op, module), n in analysis.value_reads.items():
+        warnings.append(f"data-dependent control flow: aten.{op} in module {module or '(root)'} "
+                        f"({n}×) reads a value computed from the input (.item(), a tensor's truth "
+                        "value): the fields are those of the branch this input took")
     for issue in analysis.alignment:
         warnings.append(issue.describe())
     for u in analysis.unsupported:

@@ -48,6 +48,12 @@ class Analysis:
     alignment: list[AlignmentIssue] = field(default_factory=list)
     producers: dict[int, str] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)  # op name -> times a rule was applied
+    value_reads: dict[tuple[str, str], int] = field(default_factory=dict)  # (op, module) -> count
+
+
+# Ops that hand a tensor's value to Python (``.item()``, ``bool(t)``, ``torch.equal``): they make no
+# tensor, so they need no rule, but the control flow after them depends on the data.
+VALUE_READS = frozenset({"_local_scalar_dense", "is_nonzero", "equal"})
 
 
 def input_field(shape: tuple[int, ...], n_spatial: int) -> TensorField:
@@ -105,6 +111,11 @@ def analyse(cap: Capture, n_spatial: int, spatial: Sequence[int] | None = None) 
 
 
 def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
+    if node.name in VALUE_READS and not node.outputs:
+        if any(isinstance(a, TensorRef) and a.id in fields for a in _flat_refs(node.args)):
+            key = (node.name, node.module)
+            result.value_reads[key] = result.value_reads.get(key, 0) + 1
+        return []
     args = tuple(_to_arg(a, fields) for a in node.args)
     kwargs = {k: _to_arg(v, fields) for k, v in node.kwargs.items()}
     call = OpCall(node.name, args, kwargs, [r.shape for r in node.outputs], node.tags, schema=node.schema)

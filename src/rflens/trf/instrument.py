@@ -75,11 +75,29 @@ def meta_state(model: nn.Module, keep_grad: bool = False) -> dict[str, torch.Ten
     return state
 
 
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+def eager(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile``d model wraps (the same parameters and forward, run eagerly);
+    any other model as it is."""
+    while _is_compiled(model):
+        model = model._orig_mod
+    return model
+
+
 def module_names(model: nn.Module) -> dict[int, str]:
-    """``id(module) -> name`` for every module of ``model`` (a shared module keeps its first name)."""
+    """``id(module) -> name`` for every module of ``model`` (a shared module keeps its first name).
+
+    The wrappers ``torch.compile`` puts around submodules get no name, and their ``_orig_mod``
+    segment is left out of the names below them: rows carry the names the user wrote."""
     names: dict[int, str] = {}
     for name, m in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(m), name)
+        if _is_compiled(m):
+            continue
+        parts = [p for p in name.split(".") if p != "_orig_mod"] if "_orig_mod" in name else None
+        names.setdefault(id(m), name if parts is None else ".".join(parts))
     return names
 
 

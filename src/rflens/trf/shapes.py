@@ -115,6 +115,14 @@ def _convolution(x, w, bias, stride, padding, dilation, transposed, output_paddi
     # the meta kernel returns a contiguous output whatever the (dense) layouts of input and weight
     if not _floating(x, w) or not (_dense(x) and _dense(w)) or x.dim() != w.dim():
         return NotImplemented
+    channels_in = w.shape[0] if transposed else w.shape[1] * groups
+    if x.shape[1] != channels_in:  # the meta kernel lets this pass for transposed convolutions
+        raise RuntimeError(f"{'transposed ' if transposed else ''}convolution with weight of size "
+                           f"{list(w.shape)} and groups={groups} expects input with {channels_in} "
+                           f"channels, got input of size {list(x.shape)}")
+    if w.shape[0] % groups or x.dtype != w.dtype or (
+            bias is not None and tuple(bias.shape) != (w.shape[1] * groups if transposed else w.shape[0],)):
+        return NotImplemented  # let the real kernel raise its own error
     n = x.dim() - 2
     per = lambda v: list(v) * n if len(v) == 1 else list(v)  # noqa: E731
     stride, padding, dilation, output_padding = map(per, (stride, padding, dilation, output_padding))
@@ -132,11 +140,16 @@ def _batch_norm_eval(x, weight, bias, mean, var, *rest):
     if training or not _floating(x) or not _dense(x):
         return NotImplemented
     c = x.shape[1] if x.dim() > 1 else 0
+    if any(t is not None and tuple(t.shape) != (c,) for t in (weight, bias, mean, var)):
+        return NotImplemented
     return (_same_layout(x), _empty((c,), x), _empty((c,), x))
 
 
 def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     if not _floating(x) or not _is_permuted_contiguous(x):
+        return NotImplemented
+    if tuple(x.shape[x.dim() - len(normalized_shape):]) != tuple(normalized_shape) or any(
+            t is not None and tuple(t.shape) != tuple(normalized_shape) for t in (weight, bias)):
         return NotImplemented
     stat = tuple(x.shape[: x.dim() - len(normalized_shape)]) + (1,) * len(normalized_shape)
     # the kernel runs on x.contiguous(): a canonical copy, or x itself when PyTorch already counts
