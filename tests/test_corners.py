@@ -336,20 +336,17 @@ def _fresh_pad_summary(rf) -> None:
 
 def _views() -> list[Corner]:
     c = "3 views and in-place writes"
-    stale = "class 3: a view taken before its base is written keeps the old field"
     return [
         Corner("view, then base.mul_().add_()", c, Fn(_view_then_inplace), (x2d(),),
-               twin=Fn(lambda x: _shift(x)[:, :, 1:3] + 0), xfail=stale),
+               twin=Fn(lambda x: _shift(x)[:, :, 1:3] + 0)),
         Corner("view, then base.copy_()", c, Fn(_view_then_copy), (x2d(),),
-               twin=Fn(lambda x: _shift(x)[:, :, 1:3] * 1), xfail=stale),
+               twin=Fn(lambda x: _shift(x)[:, :, 1:3] * 1)),
         Corner("transposed view, then base[:] = ...", c, Fn(_view_then_setitem), (x2d(),),
-               twin=Fn(lambda x: _shift(x) * 1), xfail=stale),
+               twin=Fn(lambda x: _shift(x) * 1)),
         Corner("view of a view, then base.zero_(); +=", c, Fn(_view_of_view_then_write), (x2d(),),
-               twin=Fn(lambda x: _shift(x)[:, :, 1:, ::2] * 1), xfail=stale),
+               twin=Fn(lambda x: _shift(x)[:, :, 1:, ::2] * 1)),
         Corner("torch.zeros(...)[..., 1:-1, 1:-1] = x", c, Fn(_torch_zeros_fill), (x2d(),),
-               twin=Fn(lambda x: F.pad(x, (1, 1, 1, 1))), extra=_fresh_pad_summary,
-               xfail="class 3: a slice of a fresh torch.zeros buffer is 'an in-place write through a "
-                     "view rflens cannot follow': unknown"),
+               twin=Fn(lambda x: F.pad(x, (1, 1, 1, 1))), extra=_fresh_pad_summary),
         Corner("x.new_zeros(...)[..., 1:-1, 1:-1] = x", c, Fn(_new_zeros_fill), (x2d(),),
                twin=Fn(lambda x: F.pad(x, (1, 1, 1, 1))), extra=_fresh_pad_summary),
         Corner("interleave x and conv(x) into new_zeros", c, Fn(_interleave, _conv(1, 1, 3, padding=1)),
@@ -534,6 +531,13 @@ def _capture() -> list[Corner]:
 # class 7: compiled / scripted models, embeddings, movedim, 1-D linear
 # ----------------------------------------------------------------------------------------------
 
+def _mix_taps(cols, taps: int):
+    """Every entry of a column reads all of that column's taps (outlook attention's weighting)."""
+    n, ck, l = cols.shape
+    grouped = cols.view(n, ck // taps, taps, l)
+    return (grouped + grouped.sum(2, keepdim=True)).view(n, ck, l)
+
+
 def _plain_chain() -> nn.Sequential:
     return nn.Sequential(_conv(1, 2, 3), nn.ReLU(), _conv(2, 1, 3, stride=2))
 
@@ -616,6 +620,21 @@ def _other() -> list[Corner]:
                twin_inputs=(x2d(7, 8),)),
         Corner("embedding on a label map, real run", c, LabelMapBranch(), (labels,), twin=LabelMapTwin(),
                twin_inputs=(x2d(7, 8),)),
+        Corner("nn.Unfold columns viewed as a grid", c,
+               Fn(lambda x: F.unfold(x, 3, dilation=2, padding=1, stride=2).unflatten(-1, (3, 3))),
+               (x2d(7, 8),), rows=(OUTPUT,)),
+        Corner("nn.Unfold, taps mixed, nn.Fold (VOLO's outlook pattern)", c,
+               Fn(lambda x: F.fold(_mix_taps(F.unfold(x, (3, 2), padding=1, stride=2), 6), (7, 8), (3, 2),
+                                   padding=1, stride=2)), (x2d(7, 8),)),
+        Corner("nn.Fold of a dilated unfold, taps mixed", c,
+               Fn(lambda x: F.fold(_mix_taps(F.unfold(x, 2, dilation=3, stride=2), 4), (9, 8), 2,
+                                   dilation=3, stride=2)), (x2d(9, 8),)),
+        Corner("Tensor.unfold windows, taps summed (HaloNet's blocks)", c,
+               Fn(lambda x: x.unfold(3, 3, 2).unfold(2, 2, 1).sum((-1, -2))), (x2d(7, 9),)),
+        # nothing mixes the taps: fold(unfold(x)) reads one pixel per pixel; rflens flags a superset
+        Corner("nn.Fold(nn.Unfold(x)) unmixed", c,
+               Fn(lambda x: F.fold(F.unfold(x, (3, 2), padding=1, stride=2) * 2, (7, 8), (3, 2),
+                                   padding=1, stride=2)), (x2d(7, 8),), mode="honest"),
         # the Linear's own row is channels-last: only the root (back in (N, C, *grid)) is compared
         Corner("movedim + Linear over channels", c,
                Fn(lambda x, lin: lin(x.movedim(1, -1)).movedim(-1, 1), nn.Linear(2, 3)), (x2d(c=2),),

@@ -39,9 +39,6 @@ FAMILIES = {
 }
 
 KNOWN_WRONG = {
-    "view": "class 3: a view taken before its base is written keeps its old field",
-    "setitem": "class 3: slice assignment keeps the overwritten region's old paths",
-    "fresh": "class 3: slices of fresh torch.zeros buffers are not followed (unknown)",
     "reduce": "class 9: a reduction over one axis broadcast back is left out of the clipped box",
     "select": "class 9: where/masked_fill with a buffer mask report the union of both branches",
     "mixed": "classes 1, 2, 3, 5, 7, 9 together",

@@ -199,10 +199,26 @@ def _cases() -> list[Case]:
              (3, 4, 4), is_global=True),
         Case("unsafe splits", Fn(lambda x: torch.cat(x.unsafe_split(2, 2)[::-1], 2)
                                  + torch.cat(x.unsafe_split_with_sizes([1, 3], 2), 2)), (1, 4, 5)),
+        Case("nn.Unfold columns, taps mixed, nn.Fold",
+             Fn(lambda x: F.fold(_mix_taps(F.unfold(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1)), 6),
+                                 (7, 8), (3, 2), dilation=(1, 2), padding=1, stride=(2, 1))), (1, 7, 8)),
+        Case("Tensor.unfold windows", Fn(lambda x: x.unfold(3, 3, 2).unfold(2, 2, 3).sum((-1, -2))), (1, 9, 8)),
+        Case("embedding of a label map", Fn(lambda x, e: e((x < -1).long()).sum(-1), nn.Embedding(3, 4)),
+             (1, 5, 6), twin=Fn(lambda x: x * 2)),
+        Case("products with zero clear, in place too",
+             Fn(lambda x: x.clone().mul_(0).add_(F.pad(x, (1, 0))[..., :-1]) + x.clone().mul_(2) + x * 0),
+             (1, 4, 5)),
         Case("_convolution", Fn(lambda x, w: torch._convolution(
             x, w.weight, None, [2, 1], [1, 0], [1, 2], False, [0, 0], 1, False, False, True, True),
             nn.Conv2d(1, 1, 3)), (1, 9, 8)),
     ]
+
+
+def _mix_taps(cols, taps: int):
+    """Every entry of an nn.Unfold column reads all of that column's taps."""
+    n, ck, l = cols.shape
+    grouped = cols.view(n, ck // taps, taps, l)
+    return (grouped + grouped.sum(2, keepdim=True)).view(n, ck, l)
 
 
 def _write_into(x):

@@ -50,6 +50,12 @@ def _root_coords(view: Layout, root: Layout) -> list | None:
         if start[e] + (n - 1) * k >= r_sizes[e]:
             return None  # it wraps into the next row: not a box on the root's grid
         place[e] = [d, start[e], k, n]
+    for d, (n, st) in enumerate(zip(sizes, strides)):
+        # a single unit of a root dimension (x[..., 0:1]): slicing keeps the root's stride there
+        e = next((e for e in order if n == 1 and r_sizes[e] > 1 and st == r_strides[e]
+                  and place[e][0] is None), None)
+        if e is not None:
+            place[e] = [d, start[e], 1, 1]
     return place
 
 

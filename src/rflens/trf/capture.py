@@ -116,16 +116,27 @@ class _Recorder(TorchDispatchMode):
         self.muted = 0  # > 0 while a composite runs: its inner ops are not recorded
         self.current = ("", "")  # the op being dispatched and its module (named when one fails)
         self.alias_refs: dict[int, list[weakref.ref]] = {}  # id(storage root) -> tensors on it
+        self.roots: dict[int, tuple[weakref.ref, weakref.ref]] = {}  # id(tensor) -> (it, its root)
 
-    def track(self, t: torch.Tensor) -> TensorRef:
+    def track(self, t: torch.Tensor, view_of: torch.Tensor | None = None) -> TensorRef:
+        """A new version of ``t``. ``view_of``: the tensor ``t`` is a view of (a view op's input:
+        inside the dispatch mode a view's ``_base`` is not set yet)."""
         ref = TensorRef(self.next_id, tuple(t.shape))
         known = self.ids.get(id(t))
         self.ids[id(t)] = (ref.id, weakref.ref(t))
         if known is None or known[1]() is not t:  # a tensor seen for the first time: note its storage
-            root = t._base if t._base is not None else t
+            root = self.root_of(view_of) if view_of is not None else self.root_of(t)
+            self.roots[id(t)] = (weakref.ref(t), weakref.ref(root))
             self.alias_refs.setdefault(id(root), []).append(weakref.ref(t))
         self.next_id += 1
         return ref
+
+    def root_of(self, t: torch.Tensor) -> torch.Tensor:
+        """The tensor that owns ``t``'s storage (``t`` itself when it is no view)."""
+        entry = self.roots.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1]() is not None:
+            return entry[1]()
+        return t._base if t._base is not None else t
 
     def version(self, t: torch.Tensor) -> int | None:
         entry = self.ids.get(id(t))
@@ -179,10 +190,11 @@ class _Recorder(TorchDispatchMode):
         if out is NotImplemented:
             out = func(*args, **kwargs)
         outs = _flat_tensors(out)
-        refs = tuple(self.track(t) for t in outs)
+        source = args[0] if info.view and args and isinstance(args[0], torch.Tensor) else None
+        refs = tuple(self.track(t, source) for t in outs)
         if info.name in _STRIDED_VIEWS and outs and isinstance(args[0], torch.Tensor):
             x = args[0]  # where the view's elements sit in its source, from strides and offsets
-            root = x._base if x._base is not None else x
+            root = self.root_of(x)
             kwarg_refs["placement"] = placement(layout(x), layout(outs[0]), layout(root))
         node = Node(len(self.nodes), info.name, info.overload, arg_refs, kwarg_refs,
                     refs, self.stack[-1] if self.stack else "", info.tags,
@@ -223,9 +235,12 @@ class _Recorder(TorchDispatchMode):
         and any view of it taken earlier: each gets a new version, the written elements placed
         inside it by sizes, strides and storage offsets (:mod:`rflens.trf.aliasing`)."""
         for w in outs:
-            root = w._base if w._base is not None else w
+            root = self.root_of(w)
             new_w = self.ref(w)
-            for t in self._aliases(root):
+            aliases = self._aliases(root)
+            if not any(t is root for t in aliases):
+                aliases.append(root)  # a fresh buffer (torch.zeros) first written through a view
+            for t in aliases:
                 if t is w:
                     continue
                 place = placement(layout(w), layout(t), layout(root))
@@ -242,7 +257,7 @@ class _Recorder(TorchDispatchMode):
         refs = self.alias_refs.get(id(root), [])
         alive = [t for t in (r() for r in refs) if t is not None]
         self.alias_refs[id(root)] = [weakref.ref(t) for t in alive]
-        return [t for t in alive if (t._base if t._base is not None else t) is root]
+        return [t for t in alive if self.root_of(t) is root]
 
 
 _STRIDED_VIEWS = {"as_strided", "as_strided_copy"}

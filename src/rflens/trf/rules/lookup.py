@@ -21,7 +21,7 @@ def _broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     return tuple(out)
 
 
-@register("index", "_unsafe_index")
+@register("index")
 def index(call: OpCall) -> list:
     """``self[indices]`` (advanced indexing): the index tensors' broadcast shape replaces the
     indexed dimensions — in place when they are adjacent, else in front (NumPy's rule)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from rflens.geometry.fields import Factor, TensorField, flags_of
 from rflens.trf.rules.axes import broadcast_factor, merge_dims
-from rflens.trf.rules.registry import OpCall, register
+from rflens.trf.rules.registry import Arg, OpCall, register
 
 
 def merged_extra(fields: list[TensorField], call: OpCall) -> tuple[Factor, ...]:
@@ -69,6 +69,16 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...], inputs: list | None = 
           "clamp_min", "clamp_max", "hardtanh", "_prelu_kernel")
 def pointwise(call: OpCall) -> list:
     return [broadcast_merge(call, s) for s in call.out_shapes]
+
+
+@register("mul", "mul_")
+def multiply(call: OpCall) -> list:
+    """Pointwise, except that a product with the number 0 depends on nothing (``y.mul_(0)``
+    clears a buffer before it is refilled)."""
+    if any(not isinstance(a, (Arg, bool)) and isinstance(a, (int, float)) and a == 0
+           for a in (call.kw.get("self"), call.kw.get("other"))):
+        return [None for _ in call.out_shapes]
+    return pointwise(call)
 
 
 @register("copy", "copy_")

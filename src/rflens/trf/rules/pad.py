@@ -6,10 +6,13 @@ The exact per-unit hull differs at the borders: a reflect/replicate pad unit rea
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from rflens.geometry.axis import AxisMap
-from rflens.trf.rules.registry import OpCall, register
+from rflens.geometry.fields import Tokens, single_spatial
+from rflens.trf.rules.registry import Arg, OpCall, register
 from rflens.trf.rules.window import spatial_update
 
 
@@ -29,10 +32,32 @@ def _taps(mode: str, left: int):
     return taps
 
 
+def _pad_tokens(x: Arg, pad: list[int]) -> tuple[Arg, list[int]]:
+    """A zero pad of a token dimension or flattened grid (CoaT pads a zero token where the class
+    token sits): the new units are extra tokens that read nothing. Returns ``x`` with those
+    dimensions already padded, and the pads left for the window rule."""
+    n = len(pad) // 2
+    dims, pad = list(x.field.dims), list(pad)
+    for k in range(n):
+        d = len(dims) - 1 - k
+        left, right = pad[2 * k], pad[2 * k + 1]
+        dim = dims[d]
+        if (left or right) and left >= 0 and right >= 0 and single_spatial(dim) is None \
+                and any(f.axis is not None for f in dim):
+            t = dim[0] if len(dim) == 1 and isinstance(dim[0], Tokens) else Tokens(tuple(dim))
+            if any(isinstance(f, Tokens) for f in t.grid):
+                continue
+            dims[d] = (replace(t, before=t.before + left, after=t.after + right),)
+            pad[2 * k] = pad[2 * k + 1] = 0
+    return Arg(x.shape, x.field.with_dims(dims), x.dtype), pad
+
+
 def _pad(call: OpCall, mode: str, pad: list[int]) -> list:
     x = call.input
     if x.field is None:
         return [None]
+    if mode == "constant":
+        x, pad = _pad_tokens(x, pad)
     n = len(pad) // 2
     lefts = [pad[2 * (n - 1 - k)] for k in range(n)]  # pad lists run from the last dim backwards
 

@@ -13,6 +13,7 @@ import numpy as np
 from rflens.geometry.axis import AxisMap, explicit_reads, union
 from rflens.geometry.fields import Dim, Factor, TensorField, Tokens, dim_size, flags_of
 from rflens.trf.rules.axes import apply_reads, merge_dims, normalise
+from rflens.trf.rules.merge import merged_extra
 from rflens.trf.rules.registry import Arg, OpCall, register
 from rflens.trf.rules.tokens import slice_tokens, token_dim, with_tokens
 from rflens.trf.rules.writeback import place_view
@@ -298,7 +299,7 @@ def cat(call: OpCall) -> list:
             reason = f"{call.name} along a spatial dimension of tensors that carry different axes"
             return [TensorField(tuple((Factor(s),) for s in shape),
                                 **{**flags, "lost": flags["lost"] | {reason}})]
-        return [TensorField(tuple(dims), **flags)]
+        return [TensorField(tuple(dims), extra=merged_extra([a.field for a in live], call), **flags)]
     other = [k for k in range(nd) if k != d]
     dims: list[Dim | None] = [None] * nd
     lost = set()
@@ -318,7 +319,7 @@ def cat(call: OpCall) -> list:
     dims[d] = (Factor(shape[d]),)  # stacked entries or concatenated channels: plain
     flags["misaligned"] = flags["misaligned"] or bool(call.misalignments)
     flags["lost"] = flags["lost"] | frozenset(lost)
-    return [TensorField(tuple(dims), **flags)]
+    return [TensorField(tuple(dims), extra=merged_extra([a.field for a in live], call), **flags)]
 
 
 @register("repeat")

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from rflens.geometry.fields import Factor, TensorField, Tokens, dim_size
 from rflens.trf.rules.axes import merge_dims, normalise
+from rflens.trf.rules.merge import merged_extra
 from rflens.trf.rules.mixing import drop_dims, mix
 from rflens.trf.rules.registry import Arg, OpCall
 
@@ -49,7 +50,8 @@ def with_tokens(call: OpCall, pieces: list[Arg], d: int, shape, token: Tokens, f
             lost.add(f"{call.name} of tensors whose dimension {k} carries different axes")
             merged = (Factor(shape[k]),)
         dims.append(merged)
-    return TensorField(tuple(dims), **{**flags, "lost": frozenset(lost)})
+    return TensorField(tuple(dims), extra=merged_extra([a.field for a in pieces if a.field is not None], call),
+                       **{**flags, "lost": frozenset(lost)})
 
 
 def slice_tokens(field: TensorField, d: int, start: int, step: int, n_out: int,
