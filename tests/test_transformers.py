@@ -185,3 +185,43 @@ def test_erf_of_token_layers_probes_the_grid_token(vit, one_thread) -> None:
     rows, cols = np.nonzero(erf.raw.sum(1))[0], np.nonzero(erf.raw.sum(0))[0]
     assert erf.unit == (8, 8) and erf.trf.box == ((16, 23), (16, 23))
     assert (rows[0], rows[-1], cols[0], cols[-1]) == (16, 23, 16, 23)  # its 4x4-token window
+
+
+def _token_supports(model: nn.Module, module: nn.Module, shape) -> "collections.Counter":
+    """The multiset of per-token input hulls of ``module``'s (B, N, C) output (token order aside)."""
+    import collections
+
+    x = torch.randn((1, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                    requires_grad=True)
+    seen = {}
+    handle = module.register_forward_hook(lambda _m, _i, o: seen.setdefault("y", o))
+    model(x)
+    handle.remove()
+    y, boxes = seen["y"], collections.Counter()
+    for t in range(y.shape[1]):
+        (g,) = torch.autograd.grad(y[0, t].sum(), x, retain_graph=True)
+        g = g[0].abs().sum(0)
+        rows, cols = torch.nonzero(g.sum(1)).flatten(), torch.nonzero(g.sum(0)).flatten()
+        boxes[(int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))] += 1
+    return boxes
+
+
+@pytest.mark.parametrize("layer", ["blocks.0", "blocks.1"])
+def test_hiera_mask_unit_attention_matches_the_oracle(layer, one_thread) -> None:
+    """Hiera keeps its tokens in an 'unrolled' order and attends within mask units: every grid unit's
+    box, as a multiset over the grid, is the oracle's multiset over the tokens."""
+    import collections
+
+    from timm.models.hiera import Hiera
+
+    torch.manual_seed(0)
+    model = Hiera(img_size=(32, 32), embed_dim=8, num_heads=1, stages=(1, 1, 1), q_pool=2,
+                  mask_unit_size=(4, 4), mask_unit_attn=(True, True, False), patch_kernel=(3, 3),
+                  patch_stride=(2, 2), patch_padding=(1, 1), num_classes=0,
+                  global_pos_size=(16, 16)).double().eval()
+    rf = rflens.receptive_field(model, example_inputs=torch.empty(1, 3, 32, 32, dtype=torch.float64))
+    row = rf[layer]
+    assert row.known and not row.is_global
+    mine = collections.Counter(row.box(u, clip=True) for u in itertools.product(*map(range, row.grid)))
+    assert mine == _token_supports(model, model.get_submodule(layer), (3, 32, 32))
+    assert row.axes[0].jump == (2 if layer == "blocks.0" else 4)  # token spacing, pixels

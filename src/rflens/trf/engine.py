@@ -118,7 +118,7 @@ def _axis_fields(field: TensorField, n_spatial: int):
             factors.append(None)
             continue
         f = entry[1]
-        axes.append(axis_summary(f.field))
+        axes.append(axis_summary(f.field, f.units))
         factors.append(f)
     return tuple(axes), tuple(factors)
 
@@ -138,14 +138,15 @@ def _period(lo: np.ndarray, hi: np.ndarray) -> int | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def axis_summary(m) -> AxisField:
-    """Size, jump, padding and centre of a periodic map, or None with a reason where no single
-    number describes the axis (see :class:`AxisField`)."""
+def axis_summary(m, units: int | None = None) -> AxisField:
+    """Size, jump, padding and centre of a periodic map over its first ``units`` units (all of an
+    explicit table's when None), or None with a reason where no single number describes the axis
+    (see :class:`AxisField`)."""
     notes = []
     jump = m.jump
     if m.exact_units is not None:  # an explicit table: evenly spaced over its units, or no jump
-        units = np.arange(max(m.exact_units, 1), dtype=np.int64)
-        lo, hi = m.evaluate(units)
+        n = m.exact_units if units is None else min(m.exact_units, units)
+        lo, hi = m.evaluate(np.arange(max(n, 1), dtype=np.int64))
         full = lo <= hi
         period = _period(lo, hi) if full.all() else None
         if period is not None:
@@ -158,7 +159,7 @@ def axis_summary(m) -> AxisField:
             notes.append("its units are not evenly spaced (a concatenation, roll or partial write "
                          "along the axis): no single jump, padding or centre")
     padding, center = (m.padding, m.center) if jump is not None or m.exact_units is None \
-        or m.exact_units < 2 else (None, None)
+        or n < 2 else (None, None)
     if m.lo_table[0] > m.hi_table[0]:
         padding = center = None
         notes.append("unit 0 reads nothing (an empty unit): no padding or centre to read from it")

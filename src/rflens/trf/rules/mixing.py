@@ -137,8 +137,10 @@ def canonical(field: TensorField) -> TensorField:
         spots = [(d, p) for d, dim in enumerate(dims) for p, f in enumerate(dim)
                  if isinstance(f, Factor) and f.axis == axis]
         d = spots[0][0]
+        if len({dd for dd, _ in spots}) > 1:
+            continue
         parts = [dims[d][p] for _, p in spots]
-        if len({dd for dd, _ in spots}) > 1 or all(f.full for f in parts):
+        if all(f.full for f in parts):
             continue
         positions = [p for _, p in spots]
         if positions != list(range(positions[0], positions[0] + len(positions))):
