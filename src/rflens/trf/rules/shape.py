@@ -156,7 +156,18 @@ def _slice_dim(field: TensorField, d: int, start: int, step: int, n_out: int) ->
         return field.with_dims(dims)
     if dim_size(dim) == n_out and start == 0 and step == 1:
         return field
+    if n_out == 0:
+        return None  # an empty slice (x[:, :0]: no prefix tokens) holds nothing
+    inner = dim_size(dim[1:])
+    outer = dim[0]
+    if len(dim) > 1 and step == 1 and start % inner == 0 and n_out % inner == 0 and \
+            isinstance(outer, Factor) and outer.axis is not None and outer.full:
+        # whole rows of a flattened grid: a slice of its outer axis
+        rows = apply_reads(outer, AxisMap(1, 1, (start // inner,), (start // inner,)), n_out // inner)
+        dims[d] = (rows, *dim[1:])
+        return field.with_dims(dims)
     if any(f.axis is not None for f in dim):
+        dims[d] = (Factor(n_out),)
         return field.with_dims(dims, lost=field.lost | {"a slice of a flattened spatial dimension"})
     dims[d] = (Factor(n_out),)
     return field.with_dims(dims)
@@ -283,9 +294,10 @@ def cat(call: OpCall) -> list:
     nd = len(shape)
     stacking = call.name == "stack"
     d = _wrap(call.kw["dim"], nd if stacking else len(tensors[0].shape))
-    if not stacking:
-        live_tensors = [a for a in tensors if not (len(a.shape) == 1 and a.shape[0] == 0)]
-        tensors = live_tensors
+    if not stacking:  # empty pieces (legacy 1-D empties, or none along d) add nothing
+        tensors = [a for a in tensors if not (len(a.shape) == 1 and a.shape[0] == 0) and a.shape[d] > 0]
+        if len(tensors) == 1 and tuple(tensors[0].shape) == tuple(shape):
+            return [tensors[0].field]
     flags = flags_of([a.field for a in live])
     spatial = set() if stacking else {f.axis for a in live for f in a.field.dims[d] if f.axis is not None}
     if spatial:
