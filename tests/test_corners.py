@@ -707,21 +707,15 @@ def _mask_twin(keep: Callable[[torch.Tensor], torch.Tensor]):
 
 def _global() -> list[Corner]:
     c = "9 global / selection"
-    partial = "class 9: a reduction over one axis broadcast back makes each unit depend on its " \
-              "whole row/column; the clipped box leaves that path out"
     select = "class 9: selection by a fixed (buffer) mask/index reports the union of every branch as " \
              "if exact (or nothing: unknown) instead of following the values"
     return [
-        Corner("x + x.sum(W) broadcast back", c, Fn(lambda x: x + x.sum(3, keepdim=True)), (x2d(5, 6),),
-               xfail=partial),
+        Corner("x + x.sum(W) broadcast back", c, Fn(lambda x: x + x.sum(3, keepdim=True)), (x2d(5, 6),)),
         Corner("conv(x) * x.mean(H) broadcast back", c,
-               Fn(lambda x, conv: conv(x) * x.mean(2, keepdim=True), _conv(1, 1, 3, padding=1)), (x2d(5, 6),),
-               xfail=partial),
+               Fn(lambda x, conv: conv(x) * x.mean(2, keepdim=True), _conv(1, 1, 3, padding=1)), (x2d(5, 6),)),
         Corner("softmax over W", c, Fn(lambda x: torch.softmax(x, -1) * 1), (x2d(4, 5),),
                twin=Fn(lambda x: x.sum(-1, keepdim=True).expand_as(x) * 1)),
-        Corner("squeeze-and-excitation gate", c, SE(), (x2d(5, 6),),
-               xfail="class 9: a global path is left out of box(clip=True): 3x3 boxes instead of "
-                     "the whole image"),
+        Corner("squeeze-and-excitation gate", c, SE(), (x2d(5, 6),)),
         Corner("where with a buffer mask", c, WhereBuffer(), (x2d(5, 7),),
                twin=_mask_twin(lambda m: m), xfail=select),
         Corner("masked_fill with a buffer mask", c, MaskedFillBuffer(), (x2d(5, 7),),

@@ -39,7 +39,6 @@ FAMILIES = {
 }
 
 KNOWN_WRONG = {
-    "reduce": "class 9: a reduction over one axis broadcast back is left out of the clipped box",
     "select": "class 9: where/masked_fill with a buffer mask report the union of both branches",
     "mixed": "classes 1, 2, 3, 5, 7, 9 together",
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from rflens.geometry.fields import Factor, TensorField, flags_of
 from rflens.trf.rules.axes import broadcast_factor, merge_dims
+from rflens.trf.rules.mixing import fold_extra
 from rflens.trf.rules.registry import Arg, OpCall, register
 
 
@@ -44,8 +45,10 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...], inputs: list | None = 
             if a.shape[k] == shape[d]:
                 contributions.append(dim)
             elif a.shape[k] == 1:
-                if a.field.is_global:
+                if a.field.is_global and not any(f.axis is not None for f in dim):
                     continue
+                # a pooled axis broadcast back (x * x.mean(W, keepdim=True)): a context path, in
+                # every unit's exact hull but not in the geometric field (see merge_dims)
                 contributions.append(tuple(broadcast_factor(f, shape[d]) for f in dim))
             else:
                 lost.add(f"{call.name}: shapes {a.shape} and {shape} do not broadcast")
@@ -61,7 +64,10 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...], inputs: list | None = 
     flags = flags_of(fields)
     flags["misaligned"] = flags["misaligned"] or bool(call.misalignments)
     flags["lost"] = flags["lost"] | frozenset(lost)
-    return TensorField(tuple(dims), extra=merged_extra(fields, call), **flags)
+    out = TensorField(tuple(dims), extra=merged_extra(fields, call), **flags)
+    # a gate pooled over every axis (squeeze-and-excitation) met the map it gates: its pooled
+    # path joins every unit's exact hull
+    return fold_extra(out) if out.is_global and out.extra else out
 
 
 @register("<pointwise>", "_to_copy", "clone", "detach", "alias", "lift_fresh", "lift_fresh_copy",
