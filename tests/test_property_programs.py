@@ -38,10 +38,7 @@ FAMILIES = {
     "select": ("select",),
 }
 
-KNOWN_WRONG = {
-    "select": "class 9: where/masked_fill with a buffer mask report the union of both branches",
-    "mixed": "classes 1, 2, 3, 5, 7, 9 together",
-}
+KNOWN_WRONG: dict[str, str] = {}  # family -> issue class and what rflens gets wrong (none now)
 
 _SETTINGS = dict(deadline=None, derandomize=True, database=None,
                  phases=[Phase.explicit, Phase.generate],
@@ -71,7 +68,6 @@ def test_programs_match_the_oracle(family: str, data: st.DataObject, one_thread)
     _run(data, FAMILIES[family])
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_WRONG["mixed"])
 @settings(max_examples=12, **_SETTINGS)
 @given(data=st.data())
 def test_mixed_programs_match_the_oracle(data: st.DataObject, one_thread) -> None:

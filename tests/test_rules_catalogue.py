@@ -211,6 +211,8 @@ def _cases() -> list[Case]:
         Case("whole rows of a flattened grid, and an empty slice",
              Fn(lambda x, c: c(torch.cat([x.flatten(2)[:, :, :0], x.flatten(2)[:, :, 6:18]], 2).unflatten(2, (2, 6))),
                 nn.Conv2d(1, 1, 3, padding=1)), (1, 5, 6)),
+        Case("masked_fill_ with a mask from the input", Fn(lambda x: x.clone().masked_fill_(x < -1, 0)),
+             (1, 4, 5)),
         Case("_convolution", Fn(lambda x, w: torch._convolution(
             x, w.weight, None, [2, 1], [1, 0], [1, 2], False, [0, 0], 1, False, False, True, True),
             nn.Conv2d(1, 1, 3)), (1, 9, 8)),

@@ -56,6 +56,18 @@ def _root_coords(view: Layout, root: Layout) -> list | None:
                   and place[e][0] is None), None)
         if e is not None:
             place[e] = [d, start[e], 1, 1]
+    # single units left (a strided slice of one unit, h[..., ::2] of a 2-wide map): a slice keeps
+    # the root's dimensions in order, so with as many dimensions the same index is the same axis;
+    # else they pair in order with the root dimensions of several units not yet placed
+    used = {p[0] for p in place if p[0] is not None}
+    lone = [d for d, n in enumerate(sizes) if n == 1 and d not in used]
+    free = [e for e in range(len(r_sizes)) if r_sizes[e] > 1 and place[e][0] is None]
+    if len(sizes) == len(r_sizes):
+        pairs = [(e, e) for e in free if e in lone]
+    else:
+        pairs = list(zip(lone, free)) if lone and len(lone) == len(free) else []
+    for d, e in pairs:
+        place[e] = [d, start[e], 1, 1]
     return place
 
 

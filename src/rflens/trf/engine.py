@@ -242,9 +242,10 @@ def _build(cap: Capture, analysis: Analysis, label: str, input_shape, ops: bool)
     approx = [layer.name for layer in layers if not layer.exact_hull]
     if approx:
         warnings.append(f"{len(approx)} layer(s), from {approx[0]} on, merge more paths that are "
-                        "empty on different axes than rflens tracks separately, or fold columns "
-                        "whose window taps it does not track (nn.Fold): their clipped boxes may be "
-                        "supersets of the exact ones")
+                        "empty on different axes than rflens tracks separately, fold columns "
+                        "whose window taps it does not track (nn.Fold), or select by the values of "
+                        "a constant mask it does not read (where, masked_fill): their clipped boxes "
+                        "may be supersets of the exact ones")
     big = [layer.name for layer in layers if layer.exceeds_input and not layer.is_global]
     if big:
         warnings.append(f"{len(big)} layer(s) have a field larger than the input, from {big[0]} on")

@@ -71,10 +71,23 @@ def broadcast_merge(call: OpCall, shape: tuple[int, ...], inputs: list | None = 
 
 
 @register("<pointwise>", "_to_copy", "clone", "detach", "alias", "lift_fresh", "lift_fresh_copy",
-          "native_dropout", "_conj", "masked_fill", "_masked_scale", "expand", "expand_copy",
+          "native_dropout", "_conj", "_masked_scale", "expand", "expand_copy",
           "clamp_min", "clamp_max", "hardtanh", "_prelu_kernel")
 def pointwise(call: OpCall) -> list:
     return [broadcast_merge(call, s) for s in call.out_shapes]
+
+
+@register("where", "masked_fill", "masked_fill_")
+def select_by_mask(call: OpCall) -> list:
+    """``where(mask, a, b)``, ``a.masked_fill(mask, v)``: the union of the branches, flagged as a
+    possible superset (``exact_hull`` False) when the mask is a constant tensor — each unit takes
+    one branch by the mask's value, which capture (on meta tensors) does not read. A mask computed
+    from the input is a path of its own and merged in."""
+    out = pointwise(call)
+    mask = call.kw.get("condition" if call.name == "where" else "mask")
+    if isinstance(mask, Arg) and mask.field is None:
+        out = [f if f is None else f.with_dims(f.dims, approximate=True) for f in out]
+    return out
 
 
 @register("mul", "mul_")
