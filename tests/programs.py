@@ -308,7 +308,9 @@ class _Builder:
         other = self.conv_same(src) if op == "add" else None
         buf = self.var()
         call = {"add1": f"torch.add({src}, 1", "mul": f"torch.mul({src}, 2",
-                "clamp": f"torch.clamp({src}, 0, 3", "add": f"torch.add({src}, {other}"}[op]
+                # bounds that never clip: a clipped unit has a zero gradient, which would hide its
+                # dependency from the oracle (a value-dependent gradient, not a missing path)
+                "clamp": f"torch.clamp({src}, -1e6, 1e6", "add": f"torch.add({src}, {other}"}[op]
         self.lines.append((f"{buf} = {old} * 1; {call}, out={buf})", f"{buf} = {call})"))
         self.env[buf] = eval(f"{call})", dict(_GLOBALS), self.env)
         return buf

@@ -62,8 +62,8 @@ def _root_coords(view: Layout, root: Layout) -> list | None:
     used = {p[0] for p in place if p[0] is not None}
     lone = [d for d, n in enumerate(sizes) if n == 1 and d not in used]
     free = [e for e in range(len(r_sizes)) if r_sizes[e] > 1 and place[e][0] is None]
-    if len(sizes) == len(r_sizes):
-        pairs = [(e, e) for e in free if e in lone]
+    if len(sizes) == len(r_sizes):  # root dimensions of one unit too: they may carry an axis
+        pairs = [(e, e) for e in range(len(r_sizes)) if place[e][0] is None and e in lone]
     else:
         pairs = list(zip(lone, free)) if lone and len(lone) == len(free) else []
     for d, e in pairs:

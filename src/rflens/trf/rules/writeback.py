@@ -64,7 +64,10 @@ def _select(field: TensorField, selects: list) -> TensorField:
     for wd, index in sorted(selects, reverse=True):
         dim = dims.pop(wd)
         for f in dim:
-            if f.axis is not None and isinstance(f, Factor) and f.full:
+            # a whole axis, or the one unit left of it (a slice x[:, :, 6:7] written into a
+            # one-row buffer): the axis becomes a reduced one, holding that unit's field
+            alone = f.size == 1 and not any(g.axis == f.axis for d in dims for g in d)
+            if f.axis is not None and isinstance(f, Factor) and (f.full or alone):
                 extra.append(apply_reads(f, AxisMap(1, 1, (index,), (index,)), 1))
     return field.with_dims(dims, extra=tuple(extra))
 
