@@ -97,7 +97,12 @@ def multiply(call: OpCall) -> list:
     if any(not isinstance(a, (Arg, bool)) and isinstance(a, (int, float)) and a == 0
            for a in (call.kw.get("self"), call.kw.get("other"))):
         return [None for _ in call.out_shapes]
-    return pointwise(call)
+    out = pointwise(call)
+    if call.context_over_empty:
+        # a unit that reads nothing on its local path may hold 0 (a zero pad, a fresh buffer):
+        # its product with the pooled context is then 0 too, and rflens cannot tell from fields
+        out = [f if f is None else f.with_dims(f.dims, approximate=True) for f in out]
+    return out
 
 
 @register("copy", "copy_")

@@ -57,6 +57,8 @@ class OpCall:
     tags: frozenset[str] = frozenset()
     misalignments: list[Misalignment] = field(default_factory=list)
     schema: tuple[tuple[str, Any], ...] = ()  # (name, default) of every argument, in schema order
+    # a pooled context path met units that read nothing on a local path (see merge_dims)
+    context_over_empty: bool = False
 
     @cached_property
     def kw(self) -> dict[str, Any]:
