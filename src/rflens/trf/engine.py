@@ -156,8 +156,8 @@ def axis_summary(m, units: int | None = None) -> AxisField:
             notes.append("a single unit: no spacing to give a jump")
         else:
             jump = None
-            notes.append("its units are not evenly spaced (a concatenation, roll or partial write "
-                         "along the axis): no single jump, padding or centre")
+            notes.append("its units are not evenly spaced (a concatenation, roll, partial write "
+                         "or resampling table along the axis): no single jump, padding or centre")
     padding, center = (m.padding, m.center) if jump is not None or m.exact_units is None \
         or n < 2 else (None, None)
     if m.lo_table[0] > m.hi_table[0]:
