@@ -28,7 +28,7 @@ from rflens.errors import RflensError
 from rflens.geometry.axis import AxisMap, union
 from rflens.geometry.fields import TensorField
 from rflens.dense.modules import CONV, REWRITTEN, Ints, check_rewritable, display
-from rflens.trf.capture import Node, TensorRef
+from rflens.trf.capture import Node, TensorRef, tensor_refs
 from rflens.trf.engine import trace
 
 TRUNCATE = "truncate the model with --layer NAME before it"
@@ -132,7 +132,7 @@ def _analyze_once(model: nn.Module, x: Tensor, modules: dict[str, nn.Module],
 def _walk(cap, analysis, modules: dict[str, nn.Module], rewritable: dict[str, nn.Module],
           d: int) -> "_Walk":
     out = _root_output(cap)
-    used = {r.id for node in cap.nodes for r in _refs(tuple(node.args) + tuple(node.kwargs.values()))}
+    used = {r.id for node in cap.nodes for r in tensor_refs(tuple(node.args) + tuple(node.kwargs.values()))}
     used.add(out.id if out is not None else None)
     walk = _Walk(analysis.fields, modules, rewritable, d, used)
     for event in cap.modules:
@@ -159,7 +159,7 @@ class _Walk:
         return f"{display(node.module)} ({type(m).__name__ if m is not None else '?'})"
 
     def visit(self, node: Node) -> None:
-        ins = [self.fields[r.id] for r in _refs(node.args) if r.id is not None and r.id in self.fields]
+        ins = [self.fields[r.id] for r in tensor_refs(node.args) if r.id is not None and r.id in self.fields]
         outs = [self.fields.get(r.id) for r in node.outputs if r.id is not None and r.id in self.used]
         outs = [f for f in outs if f is not None]
         if not ins or not outs:
@@ -169,7 +169,7 @@ class _Walk:
         self.single = self.single or any(
             not f.is_global and any(size == 1 for size, _ in (_spatial_maps(f, self.d) or ()))
             for f in outs)
-        folded = next((self.folded[r.id] for r in _refs(node.args) if r.id in self.folded), None)
+        folded = next((self.folded[r.id] for r in tensor_refs(node.args) if r.id in self.folded), None)
         for r in node.outputs:
             f = self.fields.get(r.id) if r.id is not None else None
             if f is not None and _spatial_maps(f, self.d) is None and _axis_maps(f, self.d) is not None:
@@ -228,23 +228,13 @@ class _Walk:
                           f"or {TRUNCATE}")
 
 
-def _refs(args) -> list[TensorRef]:
-    out = []
-    for a in args:
-        if isinstance(a, TensorRef):
-            out.append(a)
-        elif isinstance(a, (list, tuple)):
-            out.extend(x for x in a if isinstance(x, TensorRef))
-    return out
-
-
 def _module_input(event, nodes: list[Node]) -> TensorRef | None:
     """The tensor a module call received: its first positional tensor, else (keyword calls) the
     first tensor argument of the first op it ran."""
     if event.inputs:
         return event.inputs[0]
     for node in nodes[event.first_node:event.after_node]:
-        refs = _refs(node.args)
+        refs = tensor_refs(node.args)
         if refs:
             return refs[0]
     return None

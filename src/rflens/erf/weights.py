@@ -103,18 +103,9 @@ def load_state_dict(model: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise RflensError(f"--weights '{path}' is neither as-is, random, uniform nor an existing "
                           "state-dict file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RflensError(f"cannot load weights from '{path}' with weights_only=True: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}; save a plain "
-                          "state_dict (torch.save(model.state_dict(), path))") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise RflensError(f"'{path}' holds a {type(state).__name__}, not a state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    from rflens.sources.weights import read_state_dict  # model sources sit above the ERF layer
+
+    state = read_state_dict(path)
     missing, unexpected = _state_mismatch(model, state)
     if missing or unexpected:
         raise RflensError(f"weights '{path}' do not fit the model: {len(missing)} missing key(s) "

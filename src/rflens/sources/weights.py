@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
@@ -149,9 +150,11 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         raise RflensError(f"{path}: reading .safetensors needs the safetensors package; run "
                           "pip install safetensors") from exc
     except Exception as exc:
-        raise RflensError(f"cannot read weights from {path} ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:200]}); give a state dict saved with "
-                          "torch.save(model.state_dict(), path) or a .safetensors file") from exc
+        text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))[:200]  # no terminal colours
+        raise RflensError(f"cannot read weights from {path} (read as a .safetensors file or with "
+                          f"torch.load(weights_only=True); {type(exc).__name__}: {text}); give a "
+                          "state dict saved with torch.save(model.state_dict(), path) or a "
+                          ".safetensors file") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

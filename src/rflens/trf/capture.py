@@ -39,6 +39,17 @@ class TensorRef:
     dtype: torch.dtype | None = None
 
 
+def tensor_refs(args) -> list[TensorRef]:
+    """The TensorRefs among a node's arguments (they nest at most one list deep)."""
+    out = []
+    for a in args:
+        if isinstance(a, TensorRef):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if isinstance(x, TensorRef))
+    return out
+
+
 @dataclass(frozen=True)
 class Node:
     index: int

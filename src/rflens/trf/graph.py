@@ -10,7 +10,7 @@ import numpy as np
 
 from rflens.geometry.axis import AxisMap
 from rflens.geometry.fields import TensorField, compact, dim_size, flags_of, plain, spatial
-from rflens.trf.capture import Capture, Node, TensorRef
+from rflens.trf.capture import Capture, Node, TensorRef, tensor_refs
 from rflens.trf.rules import Arg, OpCall, lookup
 
 
@@ -112,7 +112,7 @@ def analyse(cap: Capture, n_spatial: int, spatial: Sequence[int] | None = None) 
 
 def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
     if node.name in VALUE_READS and not node.outputs:
-        if any(isinstance(a, TensorRef) and a.id in fields for a in _flat_refs(node.args)):
+        if any(isinstance(a, TensorRef) and a.id in fields for a in tensor_refs(node.args)):
             key = (node.name, node.module)
             result.value_reads[key] = result.value_reads.get(key, 0) + 1
         return []
@@ -140,21 +140,11 @@ def _apply(node: Node, fields, unsupported, result: Analysis) -> list:
         unsupported[key] = unsupported.get(key, 0) + 1
         return [_unknown_field(r.shape, live, op) for r in node.outputs]
     for m in call.misalignments:
-        refs = _flat_refs(node.args)
+        refs = tensor_refs(node.args)
         paths = tuple((result.producers.get(refs[p].id, "constant") if p < len(refs) else f"#{p}", j, c)
                       for p, j, c in m.paths)
         result.alignment.append(AlignmentIssue(node.name, node.module, m.axis, paths))
     return outs
-
-
-def _flat_refs(args) -> list[TensorRef]:
-    out = []
-    for a in args:
-        if isinstance(a, TensorRef):
-            out.append(a)
-        elif isinstance(a, (list, tuple)):
-            out.extend(x for x in a if isinstance(x, TensorRef))
-    return out
 
 
 __all__ = ["analyse", "Analysis", "UnsupportedOp", "AlignmentIssue", "input_field"]
