@@ -174,7 +174,8 @@ def _merge_factors(parts: list, positions: list[int], context: list[bool], call)
     if f0.axis is None or len(parts) == 1 or all(f is f0 for f in parts):
         return f0
     local = [(p, f) for p, f, c in zip(positions, parts, context) if not c]
-    if any(context) and any(bool((f.lo > f.hi).all(axis=0).any()) for _, f in local):
+    # (per component: a unit empty in every component jointly may be so on different axes)
+    if any(context) and any(bool((f.lo > f.hi).any()) for _, f in local):
         call.context_over_empty = True
     maps = [f.field for _, f in local]
     if not aligned(maps, f0.units):
