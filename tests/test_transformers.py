@@ -225,3 +225,24 @@ def test_hiera_mask_unit_attention_matches_the_oracle(layer, one_thread) -> None
     mine = collections.Counter(row.box(u, clip=True) for u in itertools.product(*map(range, row.grid)))
     assert mine == _token_supports(model, model.get_submodule(layer), (3, 32, 32))
     assert row.axes[0].jump == (2 if layer == "blocks.0" else 4)  # token spacing, pixels
+
+
+def test_detector_fpn_rows_match_the_oracle(one_thread) -> None:
+    """The feature pyramid of torchvision's detectors (resnet18 body here, frozen batch norm): every
+    level's boxes, corners, borders and centre, against the gradient support on the backbone."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    fpn = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5).double().eval()
+    rf = rflens.receptive_field(fpn, example_inputs=torch.empty(1, 3, 64, 64, dtype=torch.float64))
+    checked = 0
+    for key in ("0", "1", "2", "3", "pool"):
+        name = f"output[{key}]"
+        row = rf[name]
+        assert row.known and not row.is_global, name
+        h, w = row.grid
+        for r, c in {(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2), (0, w // 2)}:
+            got = row.box((r, c), clip=True)
+            assert got == _support(fpn, None, lambda y: y[key][0, :, r, c], (3, 64, 64)), (name, r, c)
+            checked += 1
+    assert checked >= 17
