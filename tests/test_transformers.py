@@ -246,3 +246,34 @@ def test_detector_fpn_rows_match_the_oracle(one_thread) -> None:
             assert got == _support(fpn, None, lambda y: y[key][0, :, r, c], (3, 64, 64)), (name, r, c)
             checked += 1
     assert checked >= 17
+
+
+class _WindowLocal(nn.Module):
+    """A depthwise conv (padded inside each window) and an optional 2x2 average pool run on
+    4x4 window partitions, then the windows put back: EfficientViT's and SAM2-Hiera's pattern."""
+
+    def __init__(self, pool: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1, groups=2)
+        self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = x.view(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, 4, 4)
+        t = self.pool(self.conv(t))
+        n = t.shape[-1]
+        return t.view(b, h // 4, w // 4, c, n, n).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h // 4 * n, w // 4 * n)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_window_local_ops_match_the_oracle(pool, one_thread) -> None:
+    torch.manual_seed(0)
+    model = _WindowLocal(pool).double()
+    rf = rflens.receptive_field(model, example_inputs=torch.empty(1, 2, 8, 12, dtype=torch.float64))
+    row = rf["output"]
+    assert row.known and not row.is_global
+    for r, c in itertools.product(*map(range, row.grid)):
+        assert row.box((r, c), clip=True) == _support(model, None, lambda y: y[0, :, r, c], (2, 8, 12))
+    # units at a window's border read only their own window (its own zero padding)
+    if not pool:
+        assert row.box((3, 5), clip=True) == ((2, 3), (4, 6))

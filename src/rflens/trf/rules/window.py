@@ -4,12 +4,13 @@ adaptive pooling, pixel (un)shuffle. Each spatial dimension is handled independe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
-from rflens.geometry.axis import AxisMap, transposed_conv_reads, window_reads
+from rflens.geometry.axis import AxisMap, compose, transposed_conv_reads, window_reads
 from rflens.geometry.fields import Factor, TensorField, dim_size, single_spatial
-from rflens.trf.rules.axes import apply_reads
+from rflens.trf.rules.axes import apply_reads, gather_hull, taps_of
 from rflens.trf.rules.mixing import canonical, mix
 from rflens.trf.rules.registry import OpCall, register
 
@@ -44,6 +45,10 @@ def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool
                 (step_for is None or step_for(k) == 1):
             continue  # a 1-wide, stride-1 window reads each unit itself, whatever the dimension holds
         if f is None:
+            local = _window_local(dims, d, reads_for(k), n_out, step_for(k) if step_for else 1)
+            if local is not None:
+                dims = local
+                continue
             if any(g.axis is not None for g in dim):
                 lost.add("a window op over a flattened spatial dimension")
             dims[d] = (Factor(n_out),)
@@ -55,6 +60,42 @@ def spatial_update(x, out_shape, n_spatial: int, reads_for, channels_plain: bool
     if channels_plain and nd - n_spatial >= 2:
         dims[1] = (Factor(out_shape[1]),)
     return field.with_dims(dims, lost=frozenset(lost))
+
+
+def _window_local(dims: list, d: int, reads: AxisMap, n_out: int, step: int) -> list | None:
+    """A window op over the inner part of a split axis (a convolution or pool run inside each
+    window of a window partition: EfficientViT's cascaded attention, SAM2-Hiera's query pooling).
+    Each window is padded on its own, so a unit reads only its own window; the geometric field is
+    that of the same op over the whole axis when the windows tile it (``n_out * stride`` = window
+    size). None when dimension ``d`` is not such an inner part."""
+    dim = dims[d]
+    if len(dim) != 1 or not isinstance(dim[0], Factor) or dim[0].axis is None or dim[0].full \
+            or dim[0].step != 1:
+        return None
+    g = dim[0]
+    m, units = g.size, g.units
+    siblings = [(dd, j) for dd, other in enumerate(dims) for j, h in enumerate(other)
+                if dd != d and h.axis == g.axis]
+    if units % m or not siblings or any(dims[dd][j].step % m for dd, j in siblings):
+        return None
+    stride = reads.shift // reads.period if reads.period == 1 else 0
+    if stride < 1 or n_out * stride != m:
+        return None
+    n_win = units // m
+    taps = taps_of(reads, n_out, m, step)  # window-local: -1 outside the window (its padding)
+    starts = (np.arange(n_win, dtype=np.int64) * m)[:, None, None]
+    whole = np.where(taps[None] >= 0, starts + taps[None], -1).reshape(n_win * n_out, -1)
+    lo, hi = gather_hull(g.lo, g.hi, whole)
+    fmap = compose(g.field, reads, n_win * n_out, step)
+    new_units = n_win * n_out
+    out = list(dims)
+    out[d] = (Factor(n_out, g.axis, fmap, lo, hi, 1, new_units),)
+    for dd, j in siblings:
+        h = dims[dd][j]
+        parts = list(out[dd])
+        parts[j] = replace(h, field=fmap, lo=lo, hi=hi, step=h.step // m * n_out, whole=new_units)
+        out[dd] = tuple(parts)
+    return out
 
 
 @register("convolution", "_convolution", "convolution_overrideable", "mkldnn_convolution",
