@@ -450,7 +450,7 @@ def draw_program(draw, features: Sequence[str] = (), *, dims: int | None = None,
         node = b.var()
         b.lines.append((f"{node} = self.emb(x[:, 0]).movedim(-1, 1)", f"{node} = self.emb(x)"))
         b.env[node] = b.holder.emb(b.env["x"])
-    specials = [f for f in features if f in _SPECIAL_OPS]
+    specials = [f for f in sorted(features) if f in _SPECIAL_OPS]  # sorted: set order follows the hash seed
     steps = max(draw.int(1, max_steps), len(specials) + ("inputs" in features))
     plan = specials + (["inputs"] if "inputs" in features else [])
     plan += ["base"] * (steps - len(plan))

@@ -125,8 +125,16 @@ def broadcast_factor(f, n: int):
 
 
 def _is_broadcast_context(dim: Dim) -> bool:
-    return any(isinstance(f, Factor) and f.axis is not None and f.field.jump == 0 and f.size > 1
-               for f in dim)
+    """A path whose units all read the same pixels (a pooled value broadcast back): its geometric
+    map has jump 0, or is an explicit table (whose jump is read over its units) constant over them."""
+    return any(isinstance(f, Factor) and f.axis is not None and f.size > 1 and (
+        f.field.jump == 0 or (f.field.exact_units is not None and _constant(f.field, f.size)))
+        for f in dim)
+
+
+def _constant(fmap: AxisMap, n: int) -> bool:
+    lo, hi = fmap.evaluate(np.arange(n, dtype=np.int64))
+    return bool((lo == lo[0]).all() and (hi == hi[0]).all())
 
 
 def describe(fmap: AxisMap) -> tuple[str, str]:
