@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 try:
-    from oracle import OUTPUT, Hull, Unit, oracle_copy
+    from oracle import OUTPUT, Hull, Unit, first_tensor, oracle_copy
 except ImportError:  # tests/ made a package
-    from tests.oracle import OUTPUT, Hull, Unit, oracle_copy
+    from tests.oracle import OUTPUT, Hull, Unit, first_tensor, oracle_copy
 
 Path = tuple  # a path into the positional inputs: (0,), (0, "image"), (0, 1)
 
@@ -70,18 +70,6 @@ def _get(inputs: Sequence[Any], path: Path) -> torch.Tensor:
     return value
 
 
-def _first_tensor(value: object) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            if isinstance(item, torch.Tensor):
-                return item
-    if isinstance(value, dict):
-        return _first_tensor(list(value.values()))
-    raise TypeError(f"layer output holds no tensor: {type(value).__name__}")
-
-
 class _Stop(Exception):
     pass
 
@@ -113,14 +101,14 @@ class SupportOracle:
     # running -----------------------------------------------------------------------------
     def _run(self, inputs: Sequence[Any], layer: str) -> torch.Tensor:
         if layer in (OUTPUT, ""):
-            return _first_tensor(self.model(*inputs))
+            return first_tensor(self.model(*inputs))
         modules = dict(self.model.named_modules())
         if layer not in modules:
             raise KeyError(f"no module named {layer!r}")
         seen: list[torch.Tensor] = []
 
         def hook(_m, _i, out):
-            seen.append(_first_tensor(out))
+            seen.append(first_tensor(out))
             raise _Stop
 
         handle = modules[layer].register_forward_hook(hook)

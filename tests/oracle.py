@@ -185,7 +185,7 @@ class _Stop(Exception):
     """Raised by the forward hook to stop the forward pass once the layer output is known."""
 
 
-def _first_tensor(value: object) -> torch.Tensor:
+def first_tensor(value: object) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)):
@@ -193,21 +193,21 @@ def _first_tensor(value: object) -> torch.Tensor:
             if isinstance(item, torch.Tensor):
                 return item
     if isinstance(value, dict):
-        return _first_tensor(list(value.values()))
+        return first_tensor(list(value.values()))
     raise TypeError(f"layer output holds no tensor: {type(value).__name__}")
 
 
 def _layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
     """Output of ``layer`` (module path, or "output"/"" for the model) for the input ``x``."""
     if layer in (OUTPUT, ""):
-        return _first_tensor(model(x))
+        return first_tensor(model(x))
     modules = dict(model.named_modules())
     if layer not in modules:
         raise ValueError(f"no module named {layer!r}")
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        captured.append(_first_tensor(output))
+        captured.append(first_tensor(output))
         raise _Stop
 
     handle = modules[layer].register_forward_hook(hook)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from shift_stitch import own_shift_and_stitch
 from rflens.dense import (DenseGeometry, RarefiedAvgPool, RarefiedMaxPool, analyze, compare,
                           interior, rarefy, shift_and_stitch, shifted_input, stitch, truncate)
 from rflens.errors import RflensError
@@ -446,20 +447,6 @@ MIXERS = {
     "normalize along W": (lambda x: F.normalize(x, dim=-1), "aten.linalg_vector_norm"),
     "batch statistics": (lambda x: F.batch_norm(x, None, None, training=True), "aten.native_batch_norm"),
 }
-
-
-def own_shift_and_stitch(model: nn.Module, x: torch.Tensor, jump: int) -> torch.Tensor:
-    """Shift s crops x[..., s:, t:] and zero-pads at the far end; output i lands at J*i + s."""
-    outs = {}
-    with torch.no_grad():
-        for s in range(jump):
-            for t in range(jump):
-                outs[s, t] = model(F.pad(x[..., s:, t:], (0, t, 0, s)))
-    m = outs[0, 0].shape[-1]
-    dense = torch.zeros((*outs[0, 0].shape[:2], jump * outs[0, 0].shape[-2], jump * m), dtype=x.dtype)
-    for (s, t), y in outs.items():
-        dense[..., s::jump, t::jump] = y
-    return dense
 
 
 @pytest.mark.parametrize("name", MIXERS)

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from shift_stitch import own_shift_and_stitch
 from rflens.dense import rarefy
 from rflens.erf import ERFWarning
 from rflens.erf.analytic import analytic_erf
@@ -259,20 +260,6 @@ class DenseResidual(nn.Module):
 class GlobalContext(nn.Module):
     def forward(self, x):
         return x + x.mean((2, 3), keepdim=True)
-
-
-def own_shift_and_stitch(model: nn.Module, x: torch.Tensor, jump: int) -> torch.Tensor:
-    """Shift (s, t) sees x[..., s:, t:] zero-padded at the far end; output i lands at J*i + s."""
-    outs = {}
-    with torch.no_grad():
-        for s in range(jump):
-            for t in range(jump):
-                outs[s, t] = model(F.pad(x[..., s:, t:], (0, t, 0, s)))
-    first = outs[0, 0]
-    dense = torch.zeros((*first.shape[:2], jump * first.shape[2], jump * first.shape[3]), dtype=x.dtype)
-    for (s, t), y in outs.items():
-        dense[..., s::jump, t::jump] = y
-    return dense
 
 
 @_settings(25)

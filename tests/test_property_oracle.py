@@ -44,8 +44,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 try:
+    from corners import sample_units
     from oracle import OUTPUT, GradientOracle, Hull, Unit, interior_units, touches_border
 except ImportError:  # tests/ made a package
+    from tests.corners import sample_units
     from tests.oracle import OUTPUT, GradientOracle, Hull, Unit, interior_units, touches_border
 
 
@@ -920,23 +922,6 @@ def draw_net(data: st.DataObject, family: Family) -> Net:
 
 # --- comparing -------------------------------------------------------------------------------------
 
-def _sample_units(shape: Sequence[int], rng: random.Random, count: int) -> list[Unit]:
-    """All units when few, else border-heavy random ones (first/last two per axis, or anywhere)."""
-    total = 1
-    for n in shape:
-        total *= n
-    if total <= count:
-        return list(itertools.product(*(range(n) for n in shape)))
-    units = set()
-    while len(units) < count:
-        unit = []
-        for n in shape:
-            edges = sorted({0, 1, n - 2, n - 1} & set(range(n)))
-            unit.append(rng.choice(edges) if rng.random() < 0.5 else rng.randrange(n))
-        units.add(tuple(unit))
-    return sorted(units)
-
-
 def _pick_layers(net: Net, rng: random.Random, count: int) -> list[str]:
     layers = [OUTPUT] + rng.sample(net.layers, min(count - 1, len(net.layers)))
     return layers
@@ -975,7 +960,7 @@ def _check_clipped(net: Net, seed: int, units_per_layer: int, layers: int) -> No
     for layer in _pick_layers(net, rng, layers):
         shape = oracle.output_shape(layer)
         assert tuple(rf[layer].shape) == shape, (layer, net.repro())
-        units = _sample_units(shape[2:], rng, units_per_layer)
+        units = sample_units(shape[2:], rng, units_per_layer)
         bad = []
         for unit, hull in zip(units, oracle.hulls(layer, units)):
             raw = _box(rf.box(layer, unit, clip=False))

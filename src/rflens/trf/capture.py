@@ -289,7 +289,7 @@ class _Composites(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        circular_op = getattr(func, "_overloadpacket", func) is torch.ops.aten._pad_circular
+        circular_op = getattr(func, "_overloadpacket", func) is _PAD_CIRCULAR
         if func in _PAD_FUNCTIONS or circular_op:
             x = args[0] if args else kwargs.get("input", kwargs.get("self"))
             mode = "circular" if circular_op else kwargs.get("mode", args[2] if len(args) > 2 else "constant")
@@ -300,6 +300,7 @@ class _Composites(TorchFunctionMode):
 
 
 _PAD_FUNCTIONS = {torch.nn.functional.pad, torch._C._nn.pad}
+_PAD_CIRCULAR = torch.ops.aten._pad_circular  # called directly: circular padding without F.pad
 
 
 def _flat_tensors(out) -> list[torch.Tensor]:

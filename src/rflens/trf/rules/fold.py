@@ -25,12 +25,17 @@ def _out_size(n: int, k: int, d: int, p: int, s: int) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _window(kw: dict) -> tuple[list[int], ...]:
+    """Kernel size, dilation, padding and stride, one value per axis (two axes)."""
+    return tuple(per_axis(kw[name], 2) for name in ("kernel_size", "dilation", "padding", "stride"))
+
+
 @register("im2col")
 def im2col(call: OpCall) -> list:
     x, kw = call.input, call.kw
     if x.field is None:
         return [None]
-    k, d, p, s = (per_axis(kw[name], 2) for name in ("kernel_size", "dilation", "padding", "stride"))
+    k, d, p, s = _window(kw)
     lead = tuple(x.shape[:-2])
     grid = tuple(_out_size(x.shape[-2 + a], k[a], d[a], p[a], s[a]) for a in range(2))
     windows = spatial_update(x, lead + grid, 2, lambda a: window_reads(k[a], s[a], p[a], d[a]),
@@ -48,7 +53,7 @@ def col2im(call: OpCall) -> list:
     x, kw = call.input, call.kw
     if x.field is None:
         return [None]
-    k, d, p, s = (per_axis(kw[name], 2) for name in ("kernel_size", "dilation", "padding", "stride"))
+    k, d, p, s = _window(kw)
     size = per_axis(kw["output_size"], 2)
     grid = tuple(_out_size(size[a], k[a], d[a], p[a], s[a]) for a in range(2))
     got = regroup(x.field.dims, tuple(x.shape[:-1]) + grid)

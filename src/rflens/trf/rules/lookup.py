@@ -7,18 +7,11 @@ index values: that selection is not followed, and the rule says so by name."""
 
 from __future__ import annotations
 
+import torch
+
 from rflens.geometry.fields import plain
 from rflens.trf.rules.merge import broadcast_merge
 from rflens.trf.rules.registry import Arg, OpCall, register
-
-
-def _broadcast_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    nd = max(len(s) for s in shapes)
-    out = []
-    for d in range(nd):
-        sizes = {s[d - (nd - len(s))] for s in shapes if d - (nd - len(s)) >= 0} - {1}
-        out.append(sizes.pop() if sizes else 1)
-    return tuple(out)
 
 
 @register("index")
@@ -33,7 +26,7 @@ def index(call: OpCall) -> list:
     tensors = [indices[d] for d in used]
     if not any(a.field is not None for a in tensors):
         return [None]
-    shape = _broadcast_shape([tuple(a.shape) for a in tensors])
+    shape = tuple(torch.broadcast_shapes(*(tuple(a.shape) for a in tensors)))
     merged = broadcast_merge(call, shape, [a for a in tensors if a.field is not None])
     adjacent = used == list(range(used[0], used[-1] + 1))
     before = table.shape[:used[0]] if adjacent else ()

@@ -94,7 +94,7 @@ def select_by_mask(call: OpCall) -> list:
 def multiply(call: OpCall) -> list:
     """Pointwise, except that a product with the number 0 depends on nothing (``y.mul_(0)``
     clears a buffer before it is refilled)."""
-    if any(not isinstance(a, (Arg, bool)) and isinstance(a, (int, float)) and a == 0
+    if any(isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0
            for a in (call.kw.get("self"), call.kw.get("other"))):
         return [None for _ in call.out_shapes]
     out = pointwise(call)
